@@ -1,0 +1,83 @@
+"""jbp: backpropagation written by hand, compiled by JAX.
+
+The forward and backward passes of a multi-layer perceptron are pure
+functions that implement the delta equations BP1–BP4 for one sample; batches
+are ``jax.vmap`` of them, reduced as Coursera's regularized cost prescribes,
+and compiled with ``jax.jit``. No JAX autodiff is used anywhere in the
+package: the tests compare every gradient with ``jax.grad``.
+"""
+
+from jbp.activations import (
+    ACTIVATIONS,
+    Activation,
+    elementwise,
+    elu,
+    get_activation,
+    identity,
+    leaky_relu,
+    relu,
+    sigmoid,
+    softmax,
+    softplus,
+    tanh,
+)
+from jbp.batch import cost, loss_and_grads, per_example_grad_norms, per_example_grads, predict
+from jbp.gradcheck import GradCheck, check_grads, numerical_grads, relative_difference
+from jbp.losses import (
+    LOSSES,
+    Loss,
+    binary_cross_entropy,
+    get_loss,
+    output_cost,
+    output_delta,
+    softmax_cross_entropy,
+    squared_error,
+)
+from jbp.network import MLP, Dense, Trace, backward, deltas, forward, init, mlp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # activations
+    "ACTIVATIONS",
+    "Activation",
+    "elementwise",
+    "elu",
+    "get_activation",
+    "identity",
+    "leaky_relu",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "softplus",
+    "tanh",
+    # losses
+    "LOSSES",
+    "Loss",
+    "binary_cross_entropy",
+    "get_loss",
+    "output_cost",
+    "output_delta",
+    "softmax_cross_entropy",
+    "squared_error",
+    # network: one sample
+    "MLP",
+    "Dense",
+    "Trace",
+    "backward",
+    "deltas",
+    "forward",
+    "init",
+    "mlp",
+    # batch
+    "cost",
+    "loss_and_grads",
+    "per_example_grad_norms",
+    "per_example_grads",
+    "predict",
+    # finite differences
+    "GradCheck",
+    "check_grads",
+    "numerical_grads",
+    "relative_difference",
+]

@@ -1,0 +1,293 @@
+"""Batches: the per-sample passes under ``jax.vmap``, reduced as Coursera does.
+
+For ``m`` samples, Coursera's ex4 accumulates ``Δ^l += δ^l (a^{l-1})^T`` over
+the samples and then forms
+
+.. math::
+
+    J = \\frac{1}{m} \\sum_i C(x_i, y_i) + \\frac{\\lambda}{2m} \\sum_l \\|W^l\\|^2,
+    \\qquad
+    D^l = \\frac{1}{m} \\Delta^l + \\frac{\\lambda}{m} W^l
+
+(biases are not penalized). Here the per-sample deltas come from
+``jax.vmap`` of :func:`jbp.network.deltas`, stacked as a matrix of shape
+``(m, n_l)``, and the sum ``Σ_i δ_i a_i^T`` is one contraction over the batch
+axis, ``δ^T A``: a single matrix product, never a stack of ``m`` outer products
+summed afterwards (which XLA does not turn into a matmul).
+
+Per-example gradients and their norms come from the same vmapped deltas: the
+norm of sample ``i``'s whole gradient is
+``sqrt(Σ_l ‖δ_i^l‖² (‖a_i^{l-1}‖² + 1))``, because ``‖δ a^T‖_F = ‖δ‖ ‖a‖``;
+no outer product is formed.
+
+Every function here checks the shapes of its arguments before anything is
+compiled, then runs one compiled program per network, loss and shape.
+"""
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jbp.losses import Loss, get_loss, output_cost
+from jbp.network import MLP, Dense, Trace, check_params, deltas, forward
+
+Array = jax.Array
+
+
+def _batch_passes(
+    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: Loss
+) -> tuple[Trace, tuple[Array, ...], Array]:
+    """Forward and BP1/BP2 for every sample: traces, deltas and costs, each with a leading batch axis."""
+    traces = jax.vmap(partial(forward, net, params))(X)
+    errors = jax.vmap(partial(deltas, net, params, loss=loss))(traces, Y)
+    costs = jax.vmap(partial(output_cost, net.activations[-1], loss))(
+        traces.zs[-1], traces.activations[-1], Y
+    )
+    return traces, errors, costs
+
+
+def _penalty(params: Sequence[Dense], l2: Array, m: int) -> Array:
+    """The Coursera regularization term ``(λ / 2m) Σ_l ‖W^l‖²``."""
+    return l2 / (2 * m) * sum(jnp.sum(layer.W**2) for layer in params)
+
+
+@partial(jax.jit, static_argnames=("net", "loss"))
+def _loss_and_grads(net, params, X, Y, loss, l2):
+    m = X.shape[0]
+    traces, errors, costs = _batch_passes(net, params, X, Y, loss)
+    J = jnp.mean(costs) + _penalty(params, l2, m)
+    grads = tuple(
+        Dense(
+            W=(delta.T @ a_prev) / m + (l2 / m) * layer.W,  # D = Δ/m + (λ/m) W
+            b=jnp.sum(delta, axis=0) / m,
+        )
+        for layer, delta, a_prev in zip(params, errors, traces.activations[:-1])
+    )
+    return J, grads
+
+
+@partial(jax.jit, static_argnames=("net", "loss"))
+def _cost(net, params, X, Y, loss, l2):
+    outputs = jax.vmap(partial(forward, net, params))(X)
+    costs = jax.vmap(partial(output_cost, net.activations[-1], loss))(
+        outputs.zs[-1], outputs.activations[-1], Y
+    )
+    return jnp.mean(costs) + _penalty(params, l2, X.shape[0])
+
+
+@partial(jax.jit, static_argnames=("net", "loss"))
+def _per_example_grads(net, params, X, Y, loss):
+    traces, errors, _ = _batch_passes(net, params, X, Y, loss)
+    return tuple(
+        Dense(W=jnp.einsum("bo,bi->boi", delta, a_prev), b=delta)
+        for delta, a_prev in zip(errors, traces.activations[:-1])
+    )
+
+
+@partial(jax.jit, static_argnames=("net", "loss"))
+def _per_example_grad_norms(net, params, X, Y, loss):
+    traces, errors, _ = _batch_passes(net, params, X, Y, loss)
+    squared = sum(
+        jnp.sum(delta**2, axis=1) * (jnp.sum(a_prev**2, axis=1) + 1)
+        for delta, a_prev in zip(errors, traces.activations[:-1])
+    )
+    return jnp.sqrt(squared)
+
+
+@partial(jax.jit, static_argnames=("net",))
+def _predict(net, params, X):
+    return jax.vmap(partial(forward, net, params))(X).activations[-1]
+
+
+def loss_and_grads(
+    net: MLP,
+    params: Sequence[Dense],
+    X: Array,
+    Y: Array,
+    loss: "Loss | str",
+    l2: float = 0.0,
+) -> tuple[Array, tuple[Dense, ...]]:
+    """The regularized batch cost ``J`` and its gradient ``D``, by backpropagation.
+
+    .. math::
+
+        J = \\frac{1}{m} \\sum_{i=1}^m C(x_i, y_i)
+            + \\frac{\\lambda}{2m} \\sum_l \\|W^l\\|^2, \\qquad
+        \\frac{\\partial J}{\\partial W^l}
+            = \\frac{1}{m} \\sum_i \\delta_i^l (a_i^{l-1})^T + \\frac{\\lambda}{m} W^l,
+        \\qquad
+        \\frac{\\partial J}{\\partial b^l} = \\frac{1}{m} \\sum_i \\delta_i^l
+
+    Args:
+      net: the network description.
+      params: its parameters, one :class:`~jbp.Dense` per layer.
+      X: inputs, shape ``(m, n_0)``, one sample per row.
+      Y: targets, shape ``(m, n_L)``.
+      loss: the per-sample cost, a :class:`~jbp.Loss` or its name.
+      l2: ``λ``, the L2 penalty on the weights (not the biases).
+
+    ``X`` and ``Y`` are cast to the parameters' dtype.
+
+    Returns:
+      ``(J, grads)``: a scalar, and a tuple of :class:`~jbp.Dense` shaped like
+      ``params``, ready for ``optax``.
+
+    Raises:
+      ValueError, TypeError: when a shape does not fit the network, naming
+        what was expected and what came.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jbp
+      >>> net = jbp.mlp([3, 5, 2], output=jbp.softmax)
+      >>> params = jbp.init(net, jax.random.key(0))
+      >>> X, Y = jnp.ones((4, 3)), jnp.tile(jnp.array([1.0, 0.0]), (4, 1))
+      >>> J, grads = jbp.loss_and_grads(net, params, X, Y, jbp.softmax_cross_entropy, l2=0.1)
+      >>> J.shape, grads[1].W.shape
+      ((), (2, 5))
+    """
+    loss = get_loss(loss)
+    X, Y = check_batch(net, params, X, Y)
+    return _loss_and_grads(net, params, X, Y, loss, _as_l2(l2, params))
+
+
+def cost(
+    net: MLP,
+    params: Sequence[Dense],
+    X: Array,
+    Y: Array,
+    loss: "Loss | str",
+    l2: float = 0.0,
+) -> Array:
+    """The regularized batch cost ``J`` alone (the forward pass only).
+
+    Arguments as in :func:`loss_and_grads`; returns the same ``J``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jbp
+      >>> net = jbp.mlp([2, 2], hidden=(), output=jbp.identity)
+      >>> params = (jbp.Dense(W=jnp.eye(2), b=jnp.zeros(2)),)
+      >>> float(jbp.cost(net, params, jnp.array([[1.0, 2.0]]), jnp.array([[0.0, 0.0]]),
+      ...                jbp.squared_error))
+      2.5
+    """
+    loss = get_loss(loss)
+    X, Y = check_batch(net, params, X, Y)
+    return _cost(net, params, X, Y, loss, _as_l2(l2, params))
+
+
+def per_example_grads(
+    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss | str"
+) -> tuple[Dense, ...]:
+    """The gradient of every sample's own cost ``C(x_i, y_i)``.
+
+    .. math:: \\frac{\\partial C_i}{\\partial W^l} = \\delta_i^l (a_i^{l-1})^T, \\qquad
+              \\frac{\\partial C_i}{\\partial b^l} = \\delta_i^l
+
+    No ``1/m`` and no L2 term: their mean over the batch is the gradient of
+    :func:`loss_and_grads` with ``l2=0``. Memory grows as ``m`` times the
+    parameters; for norms alone use :func:`per_example_grad_norms`.
+
+    Args:
+      net, params, X, Y, loss: as in :func:`loss_and_grads`.
+
+    Returns:
+      A tuple of :class:`~jbp.Dense` with a leading batch axis: ``W`` of shape
+      ``(m, n_l, n_{l-1})``, ``b`` of shape ``(m, n_l)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jbp
+      >>> net = jbp.mlp([3, 5, 2])
+      >>> params = jbp.init(net, jax.random.key(0))
+      >>> g = jbp.per_example_grads(net, params, jnp.ones((4, 3)), jnp.zeros((4, 2)),
+      ...                           jbp.binary_cross_entropy)
+      >>> g[0].W.shape, g[0].b.shape
+      ((4, 5, 3), (4, 5))
+    """
+    loss = get_loss(loss)
+    X, Y = check_batch(net, params, X, Y)
+    return _per_example_grads(net, params, X, Y, loss)
+
+
+def per_example_grad_norms(
+    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss | str"
+) -> Array:
+    """The L2 norm of every sample's whole gradient, without forming it.
+
+    .. math:: \\|\\nabla C_i\\| = \\Big(\\sum_l \\|\\delta_i^l\\|^2
+              \\big(\\|a_i^{l-1}\\|^2 + 1\\big)\\Big)^{1/2}
+
+    since ``‖δ a^T‖_F = ‖δ‖ ‖a‖`` and the bias gradient is ``δ`` itself: the
+    cost is that of the deltas alone, with no ``m × n_l × n_{l-1}`` array.
+
+    Args:
+      net, params, X, Y, loss: as in :func:`loss_and_grads`.
+
+    Returns:
+      Shape ``(m,)``: the norms of the gradients :func:`per_example_grads`
+      returns, each over all layers' ``W`` and ``b``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jbp
+      >>> net = jbp.mlp([3, 5, 2])
+      >>> params = jbp.init(net, jax.random.key(0))
+      >>> jbp.per_example_grad_norms(net, params, jnp.ones((4, 3)), jnp.zeros((4, 2)),
+      ...                            jbp.binary_cross_entropy).shape
+      (4,)
+    """
+    loss = get_loss(loss)
+    X, Y = check_batch(net, params, X, Y)
+    return _per_example_grad_norms(net, params, X, Y, loss)
+
+
+def predict(net: MLP, params: Sequence[Dense], X: Array) -> Array:
+    """The network's outputs ``a^L`` for a batch, shape ``(m, n_L)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jbp
+      >>> net = jbp.mlp([3, 5, 2], output=jbp.softmax)
+      >>> params = jbp.init(net, jax.random.key(0))
+      >>> jbp.predict(net, params, jnp.ones((4, 3))).sum(axis=1).round(6).tolist()
+      [1.0, 1.0, 1.0, 1.0]
+    """
+    check_params(net, params)
+    return _predict(net, params, _as_matrix(net, params, X, "X", net.sizes[0]))
+
+
+# --- checks: shapes only, before anything is compiled.
+
+
+def _as_matrix(net: MLP, params: Sequence[Dense], value: Any, name: str, width: int) -> Array:
+    shape = jnp.shape(value)
+    if len(shape) != 2 or shape[1] != width:
+        hint = " (one sample? add a batch axis, or use jbp.forward)" if len(shape) == 1 else ""
+        raise ValueError(
+            f"{name} must have shape (m, {width}) for the network {list(net.sizes)}, "
+            f"got shape {shape}{hint}"
+        )
+    if shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch: shape {shape}; expected m ≥ 1 rows")
+    return jnp.asarray(value, dtype=params[0].W.dtype)
+
+
+def check_batch(net: MLP, params: Sequence[Dense], X: Any, Y: Any) -> tuple[Array, Array]:
+    """Checks ``params``, ``X`` of shape ``(m, n_0)`` and ``Y`` of shape ``(m, n_L)``.
+
+    Returns ``X`` and ``Y`` as arrays of the parameters' dtype.
+    """
+    check_params(net, params)
+    X = _as_matrix(net, params, X, "X", net.sizes[0])
+    Y = _as_matrix(net, params, Y, "Y", net.sizes[-1])
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(
+            f"X and Y must have the same number of rows, got X {X.shape} and Y {Y.shape}"
+        )
+    return X, Y
+
+
+def _as_l2(l2: Any, params: Sequence[Dense]) -> Array:
+    if jnp.ndim(l2) != 0:
+        raise ValueError(f"l2 must be a scalar, got shape {jnp.shape(l2)}")
+    return jnp.asarray(l2, dtype=params[0].W.dtype)
