@@ -40,8 +40,8 @@ class Activation(NamedTuple):
       >>> import jax.numpy as jnp, jbp
       >>> z = jnp.array([0.0, 2.0])
       >>> a = jbp.sigmoid.fn(z)
-      >>> jbp.sigmoid.backward(z, a, jnp.ones(2)).round(4).tolist()
-      [0.25, 0.105]
+      >>> [f"{v:.4f}" for v in jbp.sigmoid.backward(z, a, jnp.ones(2))]
+      ['0.2500', '0.1050']
     """
 
     name: str

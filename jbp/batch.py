@@ -49,16 +49,21 @@ def _batch_passes(
     return traces, errors, costs
 
 
-def _penalty(params: Sequence[Dense], l2: Array, m: int) -> Array:
-    """The Coursera regularization term ``(λ / 2m) Σ_l ‖W^l‖²``."""
+def _penalty(params: Sequence[Dense], l2: Array, m: int, regularized: bool) -> Array:
+    """The Coursera regularization term ``(λ / 2m) Σ_l ‖W^l‖²``.
+
+    ``regularized`` is static: with ``λ = 0`` known before compiling, the
+    program does not read every weight to multiply the sum by zero."""
+    if not regularized:
+        return jnp.zeros((), l2.dtype)
     return l2 / (2 * m) * sum(jnp.sum(layer.W**2) for layer in params)
 
 
-@partial(jax.jit, static_argnames=("net", "loss"))
-def _loss_and_grads(net, params, X, Y, loss, l2):
+@partial(jax.jit, static_argnames=("net", "loss", "regularized"))
+def _loss_and_grads(net, params, X, Y, loss, l2, regularized):
     m = X.shape[0]
     traces, errors, costs = _batch_passes(net, params, X, Y, loss)
-    J = jnp.mean(costs) + _penalty(params, l2, m)
+    J = jnp.mean(costs) + _penalty(params, l2, m, regularized)
     grads = tuple(
         Dense(
             W=(delta.T @ a_prev) / m + (l2 / m) * layer.W,  # D = Δ/m + (λ/m) W
@@ -69,13 +74,13 @@ def _loss_and_grads(net, params, X, Y, loss, l2):
     return J, grads
 
 
-@partial(jax.jit, static_argnames=("net", "loss"))
-def _cost(net, params, X, Y, loss, l2):
+@partial(jax.jit, static_argnames=("net", "loss", "regularized"))
+def _cost(net, params, X, Y, loss, l2, regularized):
     outputs = jax.vmap(partial(forward, net, params))(X)
     costs = jax.vmap(partial(output_cost, net.activations[-1], loss))(
         outputs.zs[-1], outputs.activations[-1], Y
     )
-    return jnp.mean(costs) + _penalty(params, l2, X.shape[0])
+    return jnp.mean(costs) + _penalty(params, l2, X.shape[0], regularized)
 
 
 @partial(jax.jit, static_argnames=("net", "loss"))
@@ -150,7 +155,7 @@ def loss_and_grads(
     """
     loss = get_loss(loss)
     X, Y = check_batch(net, params, X, Y)
-    return _loss_and_grads(net, params, X, Y, loss, _as_l2(l2, params))
+    return _loss_and_grads(net, params, X, Y, loss, *_as_l2(l2, params))
 
 
 def cost(
@@ -175,7 +180,7 @@ def cost(
     """
     loss = get_loss(loss)
     X, Y = check_batch(net, params, X, Y)
-    return _cost(net, params, X, Y, loss, _as_l2(l2, params))
+    return _cost(net, params, X, Y, loss, *_as_l2(l2, params))
 
 
 def per_example_grads(
@@ -287,7 +292,9 @@ def check_batch(net: MLP, params: Sequence[Dense], X: Any, Y: Any) -> tuple[Arra
     return X, Y
 
 
-def _as_l2(l2: Any, params: Sequence[Dense]) -> Array:
+def _as_l2(l2: Any, params: Sequence[Dense]) -> tuple[Array, bool]:
+    """``λ`` as an array, and whether it may be nonzero (a traced ``λ`` may)."""
     if jnp.ndim(l2) != 0:
         raise ValueError(f"l2 must be a scalar, got shape {jnp.shape(l2)}")
-    return jnp.asarray(l2, dtype=params[0].W.dtype)
+    regularized = isinstance(l2, jax.core.Tracer) or bool(l2 != 0)
+    return jnp.asarray(l2, dtype=params[0].W.dtype), regularized

@@ -42,9 +42,9 @@ def numerical_grads(f: Callable[[Any], Array], params: Any, eps: float = 1e-4) -
 
     Example:
       >>> import jax.numpy as jnp, jbp
-      >>> g = jbp.numerical_grads(lambda p: jnp.sum(p["w"] ** 3), {"w": jnp.array([1.0, 2.0])})
-      >>> g["w"].round(3).tolist()
-      [3.0, 12.0]
+      >>> g = jbp.numerical_grads(lambda p: jnp.sum(p["w"] ** 2), {"w": jnp.array([1.0, 2.0])}, eps=0.5)
+      >>> [f"{v:.3f}" for v in g["w"]]
+      ['2.000', '4.000']
     """
     theta, unravel = ravel_pytree(params)
     eps = jnp.asarray(eps, theta.dtype)

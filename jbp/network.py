@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jbp.activations import Activation, get_activation, sigmoid
-from jbp.losses import Loss, output_delta
+from jbp.losses import Loss, get_loss, output_delta
 
 Array = jax.Array
 
@@ -168,7 +168,6 @@ class Trace(NamedTuple):
     activations: tuple[Array, ...]
 
 
-@partial(jax.jit, static_argnames=("net",))
 def forward(net: MLP, params: Sequence[Dense], x: Array) -> Trace:
     """The forward pass for one sample, keeping every ``z`` and ``a``.
 
@@ -198,7 +197,11 @@ def forward(net: MLP, params: Sequence[Dense], x: Array) -> Trace:
       [(2,), (3,), (1,)]
     """
     check_params(net, params)
-    x = as_sample(net, params, x, "x", net.sizes[0])
+    return _forward(net, params, as_sample(net, params, x, "x", net.sizes[0]))
+
+
+@partial(jax.jit, static_argnames=("net",))
+def _forward(net: MLP, params: Sequence[Dense], x: Array) -> Trace:
     zs, activations = [], [x]
     for layer, sigma in zip(params, net.activations):
         z = layer.W @ activations[-1] + layer.b
@@ -207,7 +210,9 @@ def forward(net: MLP, params: Sequence[Dense], x: Array) -> Trace:
     return Trace(tuple(zs), tuple(activations))
 
 
-def deltas(net: MLP, params: Sequence[Dense], trace: Trace, y: Array, loss: Loss) -> tuple[Array, ...]:
+def deltas(
+    net: MLP, params: Sequence[Dense], trace: Trace, y: Array, loss: "Loss | str"
+) -> tuple[Array, ...]:
     """BP1 then BP2: the error ``δ^l = ∂C/∂z^l`` of every layer, one sample.
 
     .. math::
@@ -223,11 +228,17 @@ def deltas(net: MLP, params: Sequence[Dense], trace: Trace, y: Array, loss: Loss
       net, params: the network and its parameters.
       trace: what :func:`forward` returned for this sample.
       y: the target, shape ``(n_L,)``.
-      loss: the per-sample cost.
+      loss: the per-sample cost, a :class:`~jbp.Loss` or its name.
 
     Returns:
       ``(δ^1, …, δ^L)``, ``δ^l`` of shape ``(n_l,)``.
+
+    Not compiled by itself: it is the step :func:`backward` and the batch
+    functions compile, and what to ``jax.vmap`` for per-sample deltas.
     """
+    check_params(net, params)
+    _check_trace(net, trace)
+    y, loss = as_sample(net, params, y, "y", net.sizes[-1]), get_loss(loss)
     output = net.activations[-1]
     delta = output_delta(output, loss, trace.zs[-1], trace.activations[-1], y)  # BP1
     errors = [delta]
@@ -238,7 +249,6 @@ def deltas(net: MLP, params: Sequence[Dense], trace: Trace, y: Array, loss: Loss
     return tuple(reversed(errors))
 
 
-@partial(jax.jit, static_argnames=("net", "loss"))
 def backward(
     net: MLP, params: Sequence[Dense], trace: Trace, y: Array, loss: Loss
 ) -> tuple[tuple[Dense, ...], tuple[Array, ...]]:
@@ -256,7 +266,7 @@ def backward(
       params: its parameters, one :class:`Dense` per layer.
       trace: what :func:`forward` returned for this sample.
       y: the target, shape ``(n_L,)``; cast to the parameters' dtype.
-      loss: the per-sample cost, a :class:`~jbp.Loss`.
+      loss: the per-sample cost, a :class:`~jbp.Loss` or its name.
 
     Returns:
       ``(grads, deltas)``: ``grads`` a tuple of :class:`Dense` shaped like
@@ -276,6 +286,11 @@ def backward(
     check_params(net, params)
     _check_trace(net, trace)
     y = as_sample(net, params, y, "y", net.sizes[-1])
+    return _backward(net, params, trace, y, get_loss(loss))
+
+
+@partial(jax.jit, static_argnames=("net", "loss"))
+def _backward(net, params, trace, y, loss):
     errors = deltas(net, params, trace, y, loss)
     grads = tuple(
         Dense(W=jnp.outer(delta, a_prev), b=delta)  # BP4, BP3
