@@ -4,6 +4,7 @@ names of activations and losses are shared."""
 
 from functools import partial
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,8 +92,7 @@ def assert_close(actual, expected, rtol=1e-10):
     expected_leaves = jax.tree.leaves(expected)
     assert len(actual_leaves) == len(expected_leaves)
     for got, want in zip(actual_leaves, expected_leaves):
-        got, want = np.asarray(got), np.asarray(want)
-        assert got.shape == want.shape, (got.shape, want.shape)
-        assert np.all(np.isfinite(got)), got
-        scale = np.max(np.abs(want)) if want.size else 0.0
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+        chex.assert_equal_shape((got, want))
+        chex.assert_tree_all_finite(got)
+        scale = float(np.max(np.abs(want))) if np.size(want) else 0.0
+        chex.assert_trees_all_close(got, want, rtol=rtol, atol=rtol * scale)
