@@ -34,6 +34,9 @@ from jbp.losses import (
     squared_error,
 )
 from jbp.network import MLP, Dense, Trace, backward, deltas, forward, init, mlp
+from jbp.train import FitResult, TrainingDiverged, evaluate, fit
+from jbp.explain import Explanation, explain
+from jbp import checkpoint, data
 
 __version__ = "0.1.0"
 
@@ -80,4 +83,15 @@ __all__ = [
     "check_grads",
     "numerical_grads",
     "relative_difference",
+    # training
+    "FitResult",
+    "TrainingDiverged",
+    "evaluate",
+    "fit",
+    # teaching
+    "Explanation",
+    "explain",
+    # modules
+    "checkpoint",
+    "data",
 ]

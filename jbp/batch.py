@@ -37,19 +37,29 @@ from jbp.network import MLP, Dense, Trace, check_params, deltas, forward
 Array = jax.Array
 
 
+def forward_costs(
+    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: Loss
+) -> tuple[Trace, Array]:
+    """The forward pass and the cost ``C(x_i, y_i)`` of every sample, batch axis first.
+
+    Uncompiled and unchecked: a building block of the compiled functions."""
+    traces = jax.vmap(partial(forward, net, params))(X)
+    costs = jax.vmap(partial(output_cost, net.activations[-1], loss))(
+        traces.zs[-1], traces.activations[-1], Y
+    )
+    return traces, costs
+
+
 def _batch_passes(
     net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: Loss
 ) -> tuple[Trace, tuple[Array, ...], Array]:
     """Forward and BP1/BP2 for every sample: traces, deltas and costs, each with a leading batch axis."""
-    traces = jax.vmap(partial(forward, net, params))(X)
+    traces, costs = forward_costs(net, params, X, Y, loss)
     errors = jax.vmap(partial(deltas, net, params, loss=loss))(traces, Y)
-    costs = jax.vmap(partial(output_cost, net.activations[-1], loss))(
-        traces.zs[-1], traces.activations[-1], Y
-    )
     return traces, errors, costs
 
 
-def _penalty(params: Sequence[Dense], l2: Array, m: int, regularized: bool) -> Array:
+def penalty(params: Sequence[Dense], l2: Array, m: int, regularized: bool) -> Array:
     """The Coursera regularization term ``(λ / 2m) Σ_l ‖W^l‖²``.
 
     ``regularized`` is static: with ``λ = 0`` known before compiling, the
@@ -63,7 +73,7 @@ def _penalty(params: Sequence[Dense], l2: Array, m: int, regularized: bool) -> A
 def _loss_and_grads(net, params, X, Y, loss, l2, regularized):
     m = X.shape[0]
     traces, errors, costs = _batch_passes(net, params, X, Y, loss)
-    J = jnp.mean(costs) + _penalty(params, l2, m, regularized)
+    J = jnp.mean(costs) + penalty(params, l2, m, regularized)
     grads = tuple(
         Dense(
             W=(delta.T @ a_prev) / m + (l2 / m) * layer.W,  # D = Δ/m + (λ/m) W
@@ -76,11 +86,8 @@ def _loss_and_grads(net, params, X, Y, loss, l2, regularized):
 
 @partial(jax.jit, static_argnames=("net", "loss", "regularized"))
 def _cost(net, params, X, Y, loss, l2, regularized):
-    outputs = jax.vmap(partial(forward, net, params))(X)
-    costs = jax.vmap(partial(output_cost, net.activations[-1], loss))(
-        outputs.zs[-1], outputs.activations[-1], Y
-    )
-    return jnp.mean(costs) + _penalty(params, l2, X.shape[0], regularized)
+    _, costs = forward_costs(net, params, X, Y, loss)
+    return jnp.mean(costs) + penalty(params, l2, X.shape[0], regularized)
 
 
 @partial(jax.jit, static_argnames=("net", "loss"))
@@ -155,7 +162,7 @@ def loss_and_grads(
     """
     loss = get_loss(loss)
     X, Y = check_batch(net, params, X, Y)
-    return _loss_and_grads(net, params, X, Y, loss, *_as_l2(l2, params))
+    return _loss_and_grads(net, params, X, Y, loss, *as_l2(l2, params))
 
 
 def cost(
@@ -180,7 +187,7 @@ def cost(
     """
     loss = get_loss(loss)
     X, Y = check_batch(net, params, X, Y)
-    return _cost(net, params, X, Y, loss, *_as_l2(l2, params))
+    return _cost(net, params, X, Y, loss, *as_l2(l2, params))
 
 
 def per_example_grads(
@@ -292,7 +299,7 @@ def check_batch(net: MLP, params: Sequence[Dense], X: Any, Y: Any) -> tuple[Arra
     return X, Y
 
 
-def _as_l2(l2: Any, params: Sequence[Dense]) -> tuple[Array, bool]:
+def as_l2(l2: Any, params: Sequence[Dense]) -> tuple[Array, bool]:
     """``λ`` as an array, and whether it may be nonzero (a traced ``λ`` may)."""
     if jnp.ndim(l2) != 0:
         raise ValueError(f"l2 must be a scalar, got shape {jnp.shape(l2)}")

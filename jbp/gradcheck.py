@@ -115,3 +115,22 @@ def check_grads(
     _, analytic = loss_and_grads(net, params, X, Y, loss, l2)
     numerical = numerical_grads(lambda p: cost(net, p, X, Y, loss, l2), tuple(params), eps)
     return GradCheck(relative_difference(numerical, analytic), analytic, numerical)
+
+
+def coursera_debug_weights(fan_out: int, fan_in: int) -> tuple[Dense, "jax.Array"]:
+    """Coursera's ``debugInitializeWeights(fan_out, fan_in)``, as a layer.
+
+    The course fills ``sin(1), sin(2), …`` divided by 10, column by column
+    (MATLAB's order), into a ``(fan_out, 1 + fan_in)`` matrix whose first
+    column is the bias. Returns that layer as ``Dense(W, b)`` and the whole
+    matrix (the course also uses it, without its meaning, as test inputs).
+
+    Example:
+      >>> import jbp
+      >>> layer, theta = jbp.gradcheck.coursera_debug_weights(5, 3)
+      >>> layer.W.shape, layer.b.shape, theta.shape
+      ((5, 3), (5,), (5, 4))
+    """
+    n = fan_out * (1 + fan_in)
+    theta = jnp.reshape(jnp.sin(jnp.arange(1, n + 1, dtype=jnp.result_type(float))), (1 + fan_in, fan_out)).T / 10
+    return Dense(W=theta[:, 1:], b=theta[:, 0]), theta

@@ -18,6 +18,14 @@ def debug_initialize_weights(fan_out, fan_in):
     return np.sin(np.arange(1, n + 1)).reshape((fan_out, 1 + fan_in), order="F") / 10
 
 
+def test_jbp_reproduces_debug_initialize_weights():
+    for fan_out, fan_in in ((5, 3), (3, 5), (5, 2)):
+        layer, theta = jbp.gradcheck.coursera_debug_weights(fan_out, fan_in)
+        np.testing.assert_allclose(theta, debug_initialize_weights(fan_out, fan_in), rtol=0, atol=1e-16)
+        np.testing.assert_array_equal(layer.b, theta[:, 0])
+        np.testing.assert_array_equal(layer.W, theta[:, 1:])
+
+
 def course_problem():
     theta1 = debug_initialize_weights(HIDDEN, INPUT)
     theta2 = debug_initialize_weights(LABELS, HIDDEN)
@@ -56,6 +64,17 @@ def test_check_nn_gradients(lam):
     for analytic, numerical in zip(check.analytic, check.numerical):
         np.testing.assert_allclose(analytic.W, numerical.W, atol=1e-9)
         np.testing.assert_allclose(analytic.b, numerical.b, atol=1e-9)
+
+
+def test_the_course_printed_figures():
+    """The first five entries of the gradient as the course's handout prints
+    them for checkNNGradients (λ = 0), numerical and backprop columns alike."""
+    theta1, theta2, X, Y = course_problem()
+    check = jbp.check_grads(jbp.mlp([INPUT, HIDDEN, LABELS]), (as_jbp(theta1), as_jbp(theta2)), X, Y,
+                            jbp.binary_cross_entropy)
+    # unrolled as the course does: Theta1 column-major, bias column first
+    first = np.column_stack([check.analytic[0].b, check.analytic[0].W]).ravel(order="F")[:5]
+    np.testing.assert_allclose(first, [-9.2783e-03, 8.8991e-03, -8.3601e-03, 7.6281e-03, -6.7480e-03], atol=5e-8)
 
 
 def test_a_wrong_gradient_is_caught():

@@ -1,11 +1,22 @@
 """The experiment scripts run, and what they check inside holds, on small sizes."""
 
 import importlib.util
+import json
 import pathlib
 
 import pytest
 
 EXPERIMENTS = pathlib.Path(__file__).parents[1] / "experiments"
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """Experiments import their helpers from experiments/ and write into a temporary folder."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    common = load("common")
+    monkeypatch.setitem(__import__("sys").modules, "common", common)
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    return tmp_path
 
 
 def load(name):
@@ -26,3 +37,34 @@ def test_bench_steps_agree_and_report_ratios(capsys):
     assert bench.main(["--sizes", "6,5,3", "--batch-sizes", "4", "--repeats", "1", "--steps", "1"]) == 0
     out = capsys.readouterr().out
     assert "machine:" in out and "jbp/autodiff" in out
+
+
+def test_learning_slowdown_shows_the_slow_start(results):
+    assert load("learning_slowdown").main([]) == 0
+    runs = json.loads((results / "learning_slowdown.json").read_text())["runs"]
+    quadratic_bad = runs["quadratic, η = 0.15 | bad start (w = 2, b = 2)"]
+    entropy_bad = runs["cross-entropy, η = 0.005 | bad start (w = 2, b = 2)"]
+    quadratic_good = runs["quadratic, η = 0.15 | good start (w = 0.6, b = 0.9)"]
+    # the saturated neuron barely learns under the quadratic cost, not under the cross-entropy
+    assert quadratic_bad["relative_drop_in_first_50_epochs"] < 0.05
+    assert entropy_bad["relative_drop_in_first_50_epochs"] > 0.10
+    assert quadratic_good["relative_drop_in_first_50_epochs"] > 0.5
+    assert (results / "learning_slowdown.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_digits_quick(results):
+    assert load("digits").main(["--quick"]) == 0
+    table = json.loads((results / "digits_quick.json").read_text())["results"]
+    assert len(table) == 9 and all(0 < row["test_accuracy_mean"] <= 1 for row in table.values())
+
+
+def test_xor_a_few_starts(results):
+    assert load("xor").main(["--seeds", "3", "--epochs", "300"]) == 0
+    saved = json.loads((results / "xor.json").read_text())
+    assert saved["solved"] >= 1 and len(saved["runs"]) == 3
+
+
+def test_coursera_ex4(results):
+    assert load("coursera_ex4").main() == 0
+    saved = json.loads((results / "coursera_ex4.json").read_text())
+    assert saved["lambda=0"]["relative_difference"] < 1e-9 and saved["lambda=3"]["relative_difference"] < 1e-9

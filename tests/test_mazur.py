@@ -1,17 +1,14 @@
-"""Mazur's worked example: every figure that experiments/mazur.py computes with
+"""Mazur's worked example: every figure that jbp.mazur (`jbp mazur`,
+experiments/mazur.py) computes with
 jbp, against the figures of the notes (../seeds, with the corrections their
 README lists). The expected values are typed here from the notes, not read
 from the script, so a slip in the script's own table cannot hide."""
-
-import importlib.util
-import pathlib
 
 import jax
 import pytest
 
 import jbp
-
-SCRIPT = pathlib.Path(__file__).parents[1] / "experiments" / "mazur.py"
+import jbp.mazur
 
 # name: (figure from the notes, tolerance). One unit in the last digit printed,
 # since the notes compute each figure from the rounded previous ones; net_o2 is
@@ -56,16 +53,8 @@ WEIGHTS_BEFORE = {"w1": 0.15, "w2": 0.20, "w3": 0.25, "w4": 0.30, "w5": 0.40, "w
 
 
 @pytest.fixture(scope="module")
-def mazur():
-    spec = importlib.util.spec_from_file_location("mazur", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def computed(mazur):
-    return {row.name: row.jbp for row in mazur.walkthrough()}
+def computed():
+    return {row.name: row.jbp for row in jbp.mazur.walkthrough()}
 
 
 @pytest.mark.parametrize("name", NOTES)
@@ -81,17 +70,18 @@ def test_all_eight_gradients_give_the_printed_updates(computed, w):
     assert abs(WEIGHTS_BEFORE[w] - 0.5 * computed[f"∂E/∂{w}"] - expected) <= tolerance
 
 
-def test_updating_the_biases_too_gives_the_other_figure(mazur):
+def test_updating_the_biases_too_gives_the_other_figure():
     """One plain SGD step on weights and biases gives 0.280471447 (the README's
     figure for per-neuron biases): the frozen-bias reproduction is not this."""
-    net, params, X, Y = mazur.NET, mazur.PARAMS, mazur.X[None], mazur.Y[None]
+    params, x, y = jbp.mazur.problem()
+    net, X, Y = jbp.mazur.NET, x[None], y[None]
     _, grads = jbp.loss_and_grads(net, params, X, Y, jbp.squared_error)
     stepped = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
     assert abs(float(jbp.cost(net, stepped, X, Y, jbp.squared_error)) - 0.280471447) < 1e-9
 
 
-def test_script_reports_every_figure_agrees(mazur, capsys):
-    assert mazur.main() == 0
+def test_script_reports_every_figure_agrees(capsys):
+    assert jbp.mazur.main() == 0
     out = capsys.readouterr().out
     assert "39 of 39 figures agree" in out
     assert "✗" not in out

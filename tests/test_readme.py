@@ -18,9 +18,21 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test in ci, f"{test!r} is not a line of .ci/run"
 
 
-def test_python_example_runs():
-    example = re.search(r"## Using it\n\n```python\n(.*?)```", README, re.S).group(1)
+def python_block(heading):
+    return re.search(rf"## {heading}\n\n```python\n(.*?)```", README, re.S).group(1)
+
+
+def test_the_training_loop_runs_in_at_most_15_lines(capsys):
+    example = python_block("Training from Python")
+    assert len([line for line in example.splitlines() if line.strip()]) <= 15
     namespace = {}
-    exec(compile(example, "README example", "exec"), namespace)
+    exec(compile(example, "README training example", "exec"), namespace)
+    assert namespace["result"].history[-1]["epoch"] == 40
+    assert "'accuracy'" in capsys.readouterr().out
+
+
+def test_the_passes_example_runs():
+    namespace = {}
+    exec(compile(python_block("Using the passes"), "README passes example", "exec"), namespace)
     assert namespace["norms"].shape == (32,)
     assert len(namespace["deltas"]) == 2

@@ -1,0 +1,274 @@
+"""Training: any optax optimizer on jbp's hand-written gradients.
+
+One epoch is one compiled program: a ``lax.scan`` over the minibatches of a
+shuffled order, each step ``loss_and_grads`` then ``optimizer.update`` then
+``optax.apply_updates``, and a last, smaller step for the samples left over
+(unless ``drop_last``). Python runs once per epoch. Minibatches are gathered
+on the device from the epoch's permutation, so the data set is never copied.
+
+The shuffle of epoch ``e`` comes from ``jax.random.fold_in(key, e)``: the same
+key and data give the same parameters bit for bit, and a run resumed after
+epoch ``e`` continues exactly as if it had never stopped.
+
+L2 follows Coursera's full-set cost: with ``n`` training samples, each step's
+gradient is ``(1/m_b) Σ δ a^T + (λ/n) W``, an unbiased estimate of the gradient
+of ``J = (1/n) Σ C + (λ/2n) Σ ‖W‖²`` (the weight decay of Nielsen's
+``network2.py``, ``(1 - ηλ/n) w``).
+"""
+
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jbp.batch import check_batch, forward_costs, loss_and_grads
+from jbp.losses import Loss, get_loss
+from jbp.network import MLP, Dense, check_params
+
+Array = jax.Array
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns.
+
+    Attributes:
+      params: the trained parameters.
+      opt_state: the optimizer's state after the last step.
+      history: one dict per epoch (see :func:`fit`).
+    """
+
+    params: tuple[Dense, ...]
+    opt_state: Any
+    history: list[dict]
+
+
+class TrainingDiverged(FloatingPointError):
+    """A step's loss was NaN or infinite. ``params`` and ``opt_state`` are
+    the last finite ones, from before that step; ``history`` holds the epochs
+    that finished."""
+
+    def __init__(self, message: str, epoch: int, step: int, params, opt_state, history):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+        self.params, self.opt_state, self.history = params, opt_state, history
+
+
+def targets_are_classes(Y: Any) -> bool:
+    """Whether ``Y`` holds class targets: 0/1 entries, one 1 per row (or one 0/1 output)."""
+    Y = np.asarray(Y)
+    if not np.all((Y == 0) | (Y == 1)):
+        return False
+    return Y.shape[1] == 1 or bool(np.all(Y.sum(axis=1) == 1))
+
+
+def _correct(outputs: Array, Y: Array) -> Array:
+    """1 where the prediction is the target class: argmax, or a > ½ for one output."""
+    if Y.shape[1] == 1:
+        return ((outputs[:, 0] > 0.5) == (Y[:, 0] > 0.5)).astype(outputs.dtype)
+    return (jnp.argmax(outputs, axis=1) == jnp.argmax(Y, axis=1)).astype(outputs.dtype)
+
+
+@partial(jax.jit, static_argnames=("net", "loss", "classes", "chunk"))
+def _evaluate(net, params, X, Y, loss, classes, chunk):
+    n = X.shape[0]
+
+    def sums(X, Y):
+        traces, costs = forward_costs(net, params, X, Y, loss)
+        correct = jnp.sum(_correct(traces.activations[-1], Y)) if classes else 0.0
+        return jnp.stack([jnp.sum(costs), correct])
+
+    def add_chunk(i, total):
+        rows = partial(jax.lax.dynamic_slice_in_dim, start_index=i * chunk, slice_size=chunk)
+        return total + sums(rows(X), rows(Y))
+
+    full = n // chunk
+    total = jnp.zeros(2, X.dtype)
+    if full:
+        total = jax.lax.fori_loop(0, full, add_chunk, total)
+    if n % chunk:
+        total = total + sums(X[full * chunk :], Y[full * chunk :])
+    return total / n
+
+
+def evaluate(
+    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss | str", chunk: int = 4096
+) -> dict:
+    """The mean per-sample cost over a data set, and the accuracy for class targets.
+
+    The set is processed ``chunk`` rows at a time, so memory stays bounded.
+
+    Returns:
+      ``{"loss": mean C}``, plus ``"accuracy"`` when ``Y`` holds classes
+      (one-hot rows, or a single 0/1 output judged at ``a > 0.5``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jbp
+      >>> net = jbp.mlp([2, 3, 2], output=jbp.softmax)
+      >>> params = jbp.init(net, jax.random.key(0))
+      >>> sorted(jbp.evaluate(net, params, jnp.ones((5, 2)), jnp.eye(2)[jnp.array([0, 1, 0, 1, 1])],
+      ...                     jbp.softmax_cross_entropy))
+      ['accuracy', 'loss']
+    """
+    loss = get_loss(loss)
+    X, Y = check_batch(net, params, X, Y)
+    classes = targets_are_classes(Y)
+    cost, correct = _evaluate(net, params, X, Y, loss, classes, int(chunk))
+    return {"loss": float(cost), "accuracy": float(correct)} if classes else {"loss": float(cost)}
+
+
+@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "drop_last", "l2"))
+def _epoch(net, params, opt_state, X, Y, key, *, loss, optimizer, batch_size, drop_last, l2):
+    """One epoch: the scan over full minibatches, then the remainder. Returns
+    the new params and state and every step's minibatch cost J."""
+    n = X.shape[0]
+    order = jax.random.permutation(key, n)
+    full = n // batch_size
+
+    def step(carry, rows):
+        params, state = carry
+        share = l2 * rows.shape[0] / n  # this minibatch's share of λ/(2n) Σ‖W‖²
+        J, grads = loss_and_grads(net, params, X[rows], Y[rows], loss, share)
+        updates, state = optimizer.update(grads, state, params)
+        return (optax.apply_updates(params, updates), state), J
+
+    carry, costs = jax.lax.scan(step, (params, opt_state), order[: full * batch_size].reshape(full, batch_size))
+    if n % batch_size and not drop_last:
+        carry, last = step(carry, order[full * batch_size :])
+        costs = jnp.append(costs, last)
+    return carry[0], carry[1], costs
+
+
+def _check_count(name: str, value: Any, low: int, high: "int | None" = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}: {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def fit(
+    net: MLP,
+    params: Sequence[Dense],
+    X: Array,
+    Y: Array,
+    *,
+    loss: "Loss | str",
+    optimizer: optax.GradientTransformation,
+    epochs: int,
+    batch_size: int,
+    key: Array,
+    l2: float = 0.0,
+    validation: "tuple[Array, Array] | None" = None,
+    drop_last: bool = False,
+    opt_state: Any = None,
+    start_epoch: int = 0,
+    history: Sequence[dict] = (),
+    on_epoch: "Callable[[dict, tuple[Dense, ...], Any], None] | None" = None,
+    progress: bool = False,
+) -> FitResult:
+    """Trains a network with an optax optimizer on minibatches.
+
+    Args:
+      net, params: the network and its initial parameters.
+      X, Y: training inputs ``(n, n_0)`` and targets ``(n, n_L)``.
+      loss: the per-sample cost.
+      optimizer: any ``optax.GradientTransformation``.
+      epochs: the epoch to train up to, counted from the start of the run
+        (with ``start_epoch = 10`` and ``epochs = 30``, twenty more).
+      batch_size: samples per step, ``1 … n``.
+      key: a ``jax.random.key``; epoch ``e`` shuffles with ``fold_in(key, e)``.
+      l2: ``λ`` of Coursera's cost over the whole training set.
+      validation: optional ``(X_val, Y_val)``, evaluated after every epoch.
+      drop_last: skip the last, smaller minibatch of each epoch instead of
+        taking a step on it.
+      opt_state, start_epoch, history: where a resumed run left off.
+      on_epoch: called after every epoch with ``(record, params, opt_state)``.
+      progress: show a tqdm bar over the epochs with the latest loss.
+
+    Returns:
+      A :class:`FitResult`. Each history record has ``epoch`` (from 1),
+      ``loss`` (the mean per-sample cost on the training set after the
+      epoch), ``running_loss`` (the mean minibatch ``J`` during the epoch),
+      ``accuracy`` for class targets, ``val_loss`` and ``val_accuracy`` with
+      validation data, and ``seconds``.
+
+    Raises:
+      TrainingDiverged: when a step's loss is NaN or infinite.
+
+    Example:
+      >>> import jax, optax, jbp
+      >>> data = jbp.data.xor()
+      >>> net = jbp.mlp([2, 4, 1], hidden=jbp.tanh, output=jbp.sigmoid)
+      >>> result = jbp.fit(net, jbp.init(net, jax.random.key(0)), data.train.X, data.train.Y,
+      ...                  loss=jbp.binary_cross_entropy, optimizer=optax.adam(0.1),
+      ...                  epochs=200, batch_size=4, key=jax.random.key(1))
+      >>> result.history[-1]["accuracy"]
+      1.0
+    """
+    loss = get_loss(loss)
+    check_params(net, params)
+    X, Y = check_batch(net, params, X, Y)
+    n = X.shape[0]
+    epochs = _check_count("epochs", epochs, 1)
+    batch_size = _check_count("batch_size", batch_size, 1, n)
+    start_epoch = _check_count("start_epoch", start_epoch, 0, epochs)
+    if not np.isscalar(l2) or not np.isfinite(l2) or l2 < 0:
+        raise ValueError(f"l2 must be a finite number ≥ 0, got {l2!r}")
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+    if validation is not None:
+        validation = check_batch(net, params, *validation)
+    params = tuple(params)
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    history = list(history)
+    classes = targets_are_classes(Y)
+
+    bar = _progress_bar(start_epoch, epochs) if progress else None
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        new_params, new_state, costs = _epoch(
+            net, params, opt_state, X, Y, jax.random.fold_in(key, epoch),
+            loss=loss, optimizer=optimizer, batch_size=batch_size, drop_last=drop_last, l2=float(l2),
+        )
+        costs = np.asarray(costs)
+        if not np.all(np.isfinite(costs)):
+            step = int(np.argmin(np.isfinite(costs)))
+            raise TrainingDiverged(
+                f"training diverged: the loss of epoch {epoch + 1}, step {step + 1} is {costs[step]}; "
+                "the parameters from before that epoch are kept (lower the learning rate?)",
+                epoch + 1, step + 1, params, opt_state, history,
+            )
+        params, opt_state = new_params, new_state
+        sizes = np.full(len(costs), batch_size)
+        if len(costs) > n // batch_size:  # the last, smaller minibatch
+            sizes[-1] = n % batch_size
+        record = {"epoch": epoch + 1, "running_loss": float(np.dot(costs, sizes) / sizes.sum())}
+        record.update(evaluate(net, params, X, Y, loss))
+        if validation is not None:
+            record.update({f"val_{k}": v for k, v in evaluate(net, params, *validation, loss).items()})
+        record["seconds"] = time.perf_counter() - started
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record, params, opt_state)
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['running_loss']:.4f}", refresh=False)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return FitResult(params, opt_state, history)
+
+
+def _progress_bar(start: int, total: int):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError(
+            "the progress bar needs tqdm: pip install 'jbp[progress]'"
+        ) from None
+    return tqdm(total=total, initial=start, unit="epoch", dynamic_ncols=True)
