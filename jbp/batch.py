@@ -30,8 +30,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jbp.losses import Loss, get_loss, output_cost
+from jbp.checks import check_finite, check_targets, dtype_of, finite_result, labels_to_targets
+from jbp.losses import Loss, check_pair, get_loss, output_cost
 from jbp.network import MLP, Dense, Trace, check_params, deltas, forward
 
 Array = jax.Array
@@ -137,19 +139,29 @@ def loss_and_grads(
       net: the network description.
       params: its parameters, one :class:`~jbp.Dense` per layer.
       X: inputs, shape ``(m, n_0)``, one sample per row.
-      Y: targets, shape ``(m, n_L)``.
+      Y: targets, shape ``(m, n_L)``, or integer class labels, shape
+        ``(m,)`` (one-hot over the outputs; 0/1 for a single output).
       loss: the per-sample cost, a :class:`~jbp.Loss` or its name.
-      l2: ``λ``, the L2 penalty on the weights (not the biases).
+      l2: ``λ ≥ 0``, the L2 penalty on the weights (not the biases).
 
-    ``X`` and ``Y`` are cast to the parameters' dtype.
+    ``X`` and ``Y`` are cast to the parameters' dtype (integers and booleans
+    included).
 
     Returns:
       ``(J, grads)``: a scalar, and a tuple of :class:`~jbp.Dense` shaped like
       ``params``, ready for ``optax``.
 
     Raises:
-      ValueError, TypeError: when a shape does not fit the network, naming
-        what was expected and what came.
+      ValueError: when a shape does not fit the network (naming what was
+        expected and what came), for NaN or infinity in the inputs (how many
+        rows, the first), targets the loss cannot take, labels outside the
+        classes, a negative ``l2``, or an output activation on whose range
+        the loss is undefined.
+      TypeError: for values that are not real numbers.
+      FloatingPointError: when the result overflows to NaN or infinity.
+
+    Every check runs before anything is compiled, and only on concrete
+    arrays: called inside ``jax.jit`` it checks shapes alone.
 
     Example:
       >>> import jax, jax.numpy as jnp, jbp
@@ -161,8 +173,9 @@ def loss_and_grads(
       ((), (2, 5))
     """
     loss = get_loss(loss)
-    X, Y = check_batch(net, params, X, Y)
-    return _loss_and_grads(net, params, X, Y, loss, *as_l2(l2, params))
+    X, Y = check_batch(net, params, X, Y, loss)
+    result = _loss_and_grads(net, params, X, Y, loss, *as_l2(l2, params))
+    return finite_result(result, "loss_and_grads", params, X, Y, l2)
 
 
 def cost(
@@ -186,8 +199,9 @@ def cost(
       2.5
     """
     loss = get_loss(loss)
-    X, Y = check_batch(net, params, X, Y)
-    return _cost(net, params, X, Y, loss, *as_l2(l2, params))
+    X, Y = check_batch(net, params, X, Y, loss)
+    return finite_result(_cost(net, params, X, Y, loss, *as_l2(l2, params)),
+                         "cost", params, X, Y, l2)
 
 
 def per_example_grads(
@@ -219,8 +233,9 @@ def per_example_grads(
       ((4, 5, 3), (4, 5))
     """
     loss = get_loss(loss)
-    X, Y = check_batch(net, params, X, Y)
-    return _per_example_grads(net, params, X, Y, loss)
+    X, Y = check_batch(net, params, X, Y, loss)
+    result = _per_example_grads(net, params, X, Y, loss)
+    return finite_result(result, "per_example_grads", params, X, Y)
 
 
 def per_example_grad_norms(
@@ -250,8 +265,9 @@ def per_example_grad_norms(
       (4,)
     """
     loss = get_loss(loss)
-    X, Y = check_batch(net, params, X, Y)
-    return _per_example_grad_norms(net, params, X, Y, loss)
+    X, Y = check_batch(net, params, X, Y, loss)
+    result = _per_example_grad_norms(net, params, X, Y, loss)
+    return finite_result(result, "per_example_grad_norms", params, X, Y)
 
 
 def predict(net: MLP, params: Sequence[Dense], X: Array) -> Array:
@@ -265,14 +281,18 @@ def predict(net: MLP, params: Sequence[Dense], X: Array) -> Array:
       [1.0, 1.0, 1.0, 1.0]
     """
     check_params(net, params)
-    return _predict(net, params, _as_matrix(net, params, X, "X", net.sizes[0]))
+    X = _as_matrix(net, params, X, "X", net.sizes[0])
+    return finite_result(_predict(net, params, X), "predict", params, X)
 
 
 # --- checks: shapes only, before anything is compiled.
 
 
 def _as_matrix(net: MLP, params: Sequence[Dense], value: Any, name: str, width: int) -> Array:
+    dtype = dtype_of(value, name)
     shape = jnp.shape(value)
+    if name == "Y" and len(shape) == 1 and jnp.issubdtype(dtype, jnp.integer) and shape[0] > 0:
+        return labels_to_targets(value, width, params[0].W.dtype)
     if len(shape) != 2 or shape[1] != width:
         hint = " (one sample? add a batch axis, or use jbp.forward)" if len(shape) == 1 else ""
         raise ValueError(
@@ -281,11 +301,18 @@ def _as_matrix(net: MLP, params: Sequence[Dense], value: Any, name: str, width: 
         )
     if shape[0] == 0:
         raise ValueError(f"{name} is an empty batch: shape {shape}; expected m ≥ 1 rows")
+    check_finite(value, name)
     return jnp.asarray(value, dtype=params[0].W.dtype)
 
 
-def check_batch(net: MLP, params: Sequence[Dense], X: Any, Y: Any) -> tuple[Array, Array]:
+def check_batch(
+    net: MLP, params: Sequence[Dense], X: Any, Y: Any, loss: "Loss | None" = None
+) -> tuple[Array, Array]:
     """Checks ``params``, ``X`` of shape ``(m, n_0)`` and ``Y`` of shape ``(m, n_L)``.
+
+    ``Y`` may also be integer class labels of shape ``(m,)``. Concrete values
+    are checked too: no NaN or infinity, targets the ``loss`` can take, an
+    output activation on whose range the ``loss`` is defined.
 
     Returns ``X`` and ``Y`` as arrays of the parameters' dtype.
     """
@@ -296,12 +323,19 @@ def check_batch(net: MLP, params: Sequence[Dense], X: Any, Y: Any) -> tuple[Arra
         raise ValueError(
             f"X and Y must have the same number of rows, got X {X.shape} and Y {Y.shape}"
         )
+    if loss is not None:
+        check_pair(net.activations[-1], loss)
+        check_targets(Y, loss)
     return X, Y
 
 
 def as_l2(l2: Any, params: Sequence[Dense]) -> tuple[Array, bool]:
     """``λ`` as an array, and whether it may be nonzero (a traced ``λ`` may)."""
+    dtype_of(l2, "l2")
     if jnp.ndim(l2) != 0:
         raise ValueError(f"l2 must be a scalar, got shape {jnp.shape(l2)}")
-    regularized = isinstance(l2, jax.core.Tracer) or bool(l2 != 0)
+    traced = isinstance(l2, jax.core.Tracer)
+    if not traced and not (np.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"l2 must be a finite number ≥ 0, got {l2}")
+    regularized = traced or bool(l2 != 0)
     return jnp.asarray(l2, dtype=params[0].W.dtype), regularized

@@ -292,6 +292,8 @@ def train_command(args) -> int:
             return _fail(f"the run in {out} has done {start} epochs already; ask for more with --epochs")
         _write_metrics(out / "metrics.jsonl", history)  # the checkpoint is the record of what was done
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # a write that a killed run left half done
+        stale.unlink()
     _write_json(out / "config.json", config)
     if args.resume is None:
         _write_metrics(out / "metrics.jsonl", [])
@@ -317,7 +319,10 @@ def train_command(args) -> int:
             start_epoch=start, history=history, on_epoch=on_epoch, progress=progress,
         )
     except TrainingDiverged as err:
-        return _fail(f"{err}; the last finite checkpoint is {out / 'checkpoint.ckpt'}", status=1)
+        ckpt.save_params(out / "params.npz", err.params)
+        kept = (f"the checkpoint of epoch {done[-1]['epoch']}, the last finished, is kept"
+                if done else "no epoch finished, so there is no checkpoint")
+        return _fail(f"{err}; they are saved in {out / 'params.npz'}, and {kept}", status=1)
 
     ckpt.save_params(out / "params.npz", result.params)
     summary = {"epochs": config["epochs"]}

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jbp.activations import Activation, identity, sigmoid, softmax
+from jbp.activations import ACTIVATIONS, Activation, identity, sigmoid, softmax
 
 Array = jax.Array
 
@@ -48,6 +48,12 @@ class Loss(NamedTuple):
       cost_from_z: ``C(σ(z), y)`` computed from the output pre-activation
         ``z`` in a stable form, for the canonical pair.
       fused_delta: ``δ^L`` of the canonical pair as a function of ``(a, y)``.
+      outputs: the names of the built-in activations on whose range the
+        cost is defined (the cross-entropies take logarithms of ``a``), or
+        ``None`` for any; an activation of your own is never refused.
+      targets: what a target must be, checked on concrete data:
+        ``"unit"`` (every entry in ``[0, 1]``), ``"distribution"`` (entries
+        ≥ 0 summing to 1 per row) or ``None``.
 
     Example:
       >>> import jax.numpy as jnp, jbp
@@ -62,6 +68,8 @@ class Loss(NamedTuple):
     canonical: Activation | None = None
     cost_from_z: Callable[[Array, Array], Array] | None = None
     fused_delta: Callable[[Array, Array], Array] | None = None
+    outputs: "tuple[str, ...] | None" = None
+    targets: "str | None" = None
 
     def __repr__(self) -> str:
         return f"Loss({self.name!r})"
@@ -85,6 +93,8 @@ binary_cross_entropy = Loss(
     # -[y log σ(z) + (1-y) log(1-σ(z))] = softplus(z) - y z, summed over outputs.
     cost_from_z=lambda z, y: jnp.sum(jax.nn.softplus(z) - y * z),
     fused_delta=lambda a, y: a - y,
+    outputs=("sigmoid", "softmax"),
+    targets="unit",
 )
 """C = -Σ_k [y_k log a_k + (1 - y_k) log(1 - a_k)], summed over the outputs as
 in Coursera's cost; ∇_a C = (a - y) / (a(1 - a))."""
@@ -97,6 +107,8 @@ softmax_cross_entropy = Loss(
     # -Σ y_k log softmax(z)_k = Σ_k y_k · logsumexp(z) - <y, z>.
     cost_from_z=lambda z, y: jnp.sum(y) * jax.nn.logsumexp(z) - jnp.dot(y, z),
     fused_delta=lambda a, y: a * jnp.sum(y) - y,
+    outputs=("sigmoid", "softmax", "softplus"),
+    targets="distribution",
 )
 """C = -Σ_k y_k log a_k, ∇_a C = -y / a."""
 
@@ -126,6 +138,21 @@ def get_loss(name_or_loss: "str | Loss") -> Loss:
         f"expected a loss name or a jbp.Loss, got {type(name_or_loss).__name__}: "
         f"{name_or_loss!r}"
     )
+
+
+def check_pair(output: Activation, loss: Loss) -> None:
+    """Refuses a built-in output activation on whose range the loss is undefined.
+
+    Raises:
+      ValueError: naming the loss, the activation and the ones that fit.
+    """
+    if loss.outputs is None or output.name in loss.outputs:
+        return
+    if ACTIVATIONS.get(output.name) is output:
+        raise ValueError(
+            f"{loss.name} takes logarithms of the outputs, which {output.name} can make "
+            f"undefined; use {' or '.join(loss.outputs)} as the output activation"
+        )
 
 
 def output_delta(output: Activation, loss: Loss, z: Array, a: Array, y: Array) -> Array:

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from jbp.activations import Activation, get_activation, sigmoid
-from jbp.losses import Loss, get_loss, output_delta
+from jbp.checks import check_finite, check_targets, dtype_of, finite_result
+from jbp.losses import Loss, check_pair, get_loss, output_delta
 
 Array = jax.Array
 
@@ -186,7 +187,10 @@ def forward(net: MLP, params: Sequence[Dense], x: Array) -> Trace:
 
     Raises:
       ValueError: if ``params`` do not fit ``net`` or ``x`` is not one sample
-        of width ``n_0`` (the message names the layer and both shapes).
+        of width ``n_0`` (the message names the layer and both shapes), or
+        ``x`` holds NaN or infinity.
+      TypeError: for values that are not real numbers.
+      FloatingPointError: if the pass overflows.
 
     Example:
       >>> import jax, jax.numpy as jnp, jbp
@@ -197,7 +201,8 @@ def forward(net: MLP, params: Sequence[Dense], x: Array) -> Trace:
       [(2,), (3,), (1,)]
     """
     check_params(net, params)
-    return _forward(net, params, as_sample(net, params, x, "x", net.sizes[0]))
+    trace = _forward(net, params, as_sample(net, params, x, "x", net.sizes[0]))
+    return finite_result(trace, "forward", params, x)
 
 
 @partial(jax.jit, static_argnames=("net",))
@@ -273,6 +278,11 @@ def backward(
       ``params`` (``∂C/∂W^l``, ``∂C/∂b^l``), ``deltas`` the tuple
       ``(δ^1, …, δ^L)``.
 
+    Raises:
+      ValueError, TypeError, FloatingPointError: as :func:`forward`, for
+        ``y``; also a target the loss cannot take, or an output activation
+        on whose range the loss is undefined.
+
     Example:
       >>> import jax, jax.numpy as jnp, jbp
       >>> net = jbp.mlp([2, 3, 2], output=jbp.softmax)
@@ -285,8 +295,10 @@ def backward(
     """
     check_params(net, params)
     _check_trace(net, trace)
-    y = as_sample(net, params, y, "y", net.sizes[-1])
-    return _backward(net, params, trace, y, get_loss(loss))
+    y, loss = as_sample(net, params, y, "y", net.sizes[-1]), get_loss(loss)
+    check_pair(net.activations[-1], loss)
+    check_targets(y, loss)
+    return finite_result(_backward(net, params, trace, y, loss), "backward", params, trace, y)
 
 
 @partial(jax.jit, static_argnames=("net", "loss"))
@@ -336,10 +348,12 @@ def check_params(net: MLP, params: Any) -> None:
                 raise TypeError(
                     f"layer {l}: {name} must be floating point, got {jnp.result_type(value)}"
                 )
+            check_finite(value, f"layer {l}: {name}")
 
 
 def as_sample(net: MLP, params: Sequence[Dense], value: Any, name: str, width: int) -> Array:
-    """Checks that ``value`` is one sample of ``width`` entries; casts it to the params' dtype."""
+    """Checks that ``value`` is one finite sample of ``width`` numbers; casts it to the params' dtype."""
+    dtype_of(value, name)
     shape = jnp.shape(value)
     if shape != (width,):
         hint = " (a batch? use jax.vmap or the batch functions)" if len(shape) == 2 else ""
@@ -347,6 +361,7 @@ def as_sample(net: MLP, params: Sequence[Dense], value: Any, name: str, width: i
             f"{name} must be one sample of shape ({width},) for the network "
             f"{list(net.sizes)}, got shape {shape}{hint}"
         )
+    check_finite(value, name)
     return jnp.asarray(value, dtype=params[0].W.dtype)
 
 

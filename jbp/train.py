@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from jbp.batch import check_batch, forward_costs, loss_and_grads
+from jbp.checks import all_finite
 from jbp.losses import Loss, get_loss
 from jbp.network import MLP, Dense, check_params
 
@@ -106,6 +107,9 @@ def evaluate(
       ``{"loss": mean C}``, plus ``"accuracy"`` when ``Y`` holds classes
       (one-hot rows, or a single 0/1 output judged at ``a > 0.5``).
 
+    Raises:
+      ValueError, TypeError, FloatingPointError: as :func:`jbp.loss_and_grads`.
+
     Example:
       >>> import jax, jax.numpy as jnp, jbp
       >>> net = jbp.mlp([2, 3, 2], output=jbp.softmax)
@@ -115,32 +119,52 @@ def evaluate(
       ['accuracy', 'loss']
     """
     loss = get_loss(loss)
-    X, Y = check_batch(net, params, X, Y)
+    X, Y = check_batch(net, params, X, Y, loss)
+    metrics = _metrics(net, params, X, Y, loss, chunk)
+    if not np.all(np.isfinite(list(metrics.values()))):
+        raise FloatingPointError(f"evaluate overflowed: {metrics} although every input is finite")
+    return metrics
+
+
+def _metrics(net, params, X, Y, loss, chunk=4096) -> dict:
+    """:func:`evaluate` on data already checked."""
     classes = targets_are_classes(Y)
     cost, correct = _evaluate(net, params, X, Y, loss, classes, int(chunk))
     return {"loss": float(cost), "accuracy": float(correct)} if classes else {"loss": float(cost)}
 
 
-@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "drop_last", "l2"))
-def _epoch(net, params, opt_state, X, Y, key, *, loss, optimizer, batch_size, drop_last, l2):
+@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "drop_last", "l2", "guard"))
+def _epoch(net, params, opt_state, X, Y, key, *, loss, optimizer, batch_size, drop_last, l2, guard=False):
     """One epoch: the scan over full minibatches, then the remainder. Returns
-    the new params and state and every step's minibatch cost J."""
+    the new params and state, every step's minibatch cost J and whether each
+    step left finite parameters.
+
+    With ``guard`` (the slow path, run again after an epoch that went
+    non-finite), a step whose cost or new parameters are not finite is not
+    applied, nor any after it: the parameters returned are the last finite ones.
+    """
     n = X.shape[0]
     order = jax.random.permutation(key, n)
     full = n // batch_size
 
     def step(carry, rows):
-        params, state = carry
+        params, state, healthy = carry
         share = l2 * rows.shape[0] / n  # this minibatch's share of λ/(2n) Σ‖W‖²
         J, grads = loss_and_grads(net, params, X[rows], Y[rows], loss, share)
-        updates, state = optimizer.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), J
+        updates, new_state = optimizer.update(grads, state, params)
+        new_params = optax.apply_updates(params, updates)
+        if not guard:
+            return (new_params, new_state, healthy), (J, healthy)
+        ok = healthy & jnp.isfinite(J) & all_finite(new_params)
+        keep = partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
+        return (keep(new_params, params), keep(new_state, state), ok), (J, ok)
 
-    carry, costs = jax.lax.scan(step, (params, opt_state), order[: full * batch_size].reshape(full, batch_size))
+    carry = (params, opt_state, jnp.array(True))
+    carry, (costs, ok) = jax.lax.scan(step, carry, order[: full * batch_size].reshape(full, batch_size))
     if n % batch_size and not drop_last:
-        carry, last = step(carry, order[full * batch_size :])
-        costs = jnp.append(costs, last)
-    return carry[0], carry[1], costs
+        carry, (last, last_ok) = step(carry, order[full * batch_size :])
+        costs, ok = jnp.append(costs, last), jnp.append(ok, last_ok)
+    return carry[0], carry[1], costs, ok
 
 
 def _check_count(name: str, value: Any, low: int, high: "int | None" = None) -> int:
@@ -213,7 +237,7 @@ def fit(
     """
     loss = get_loss(loss)
     check_params(net, params)
-    X, Y = check_batch(net, params, X, Y)
+    X, Y = check_batch(net, params, X, Y, loss)
     n = X.shape[0]
     epochs = _check_count("epochs", epochs, 1)
     batch_size = _check_count("batch_size", batch_size, 1, n)
@@ -223,7 +247,7 @@ def fit(
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
     if validation is not None:
-        validation = check_batch(net, params, *validation)
+        validation = check_batch(net, params, *validation, loss)
     params = tuple(params)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     history = list(history)
@@ -232,26 +256,30 @@ def fit(
     bar = _progress_bar(start_epoch, epochs) if progress else None
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
-        new_params, new_state, costs = _epoch(
-            net, params, opt_state, X, Y, jax.random.fold_in(key, epoch),
+        run_epoch = partial(
+            _epoch, net, params, opt_state, X, Y, jax.random.fold_in(key, epoch),
             loss=loss, optimizer=optimizer, batch_size=batch_size, drop_last=drop_last, l2=float(l2),
         )
+        new_params, new_state, costs, _ = run_epoch()
         costs = np.asarray(costs)
-        if not np.all(np.isfinite(costs)):
-            step = int(np.argmin(np.isfinite(costs)))
+        if not (np.all(np.isfinite(costs)) and bool(all_finite(new_params))):
+            # the same epoch again, stopping at the first step that is not finite
+            last_params, last_state, costs, ok = run_epoch(guard=True)
+            step = int(np.argmin(np.asarray(ok)))
             raise TrainingDiverged(
-                f"training diverged: the loss of epoch {epoch + 1}, step {step + 1} is {costs[step]}; "
-                "the parameters from before that epoch are kept (lower the learning rate?)",
-                epoch + 1, step + 1, params, opt_state, history,
+                f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
+                f"{float(costs[step])} or the parameters overflowed (lower the learning rate?); "
+                "the parameters from just before that step are kept",
+                epoch + 1, step + 1, last_params, last_state, history,
             )
         params, opt_state = new_params, new_state
         sizes = np.full(len(costs), batch_size)
         if len(costs) > n // batch_size:  # the last, smaller minibatch
             sizes[-1] = n % batch_size
         record = {"epoch": epoch + 1, "running_loss": float(np.dot(costs, sizes) / sizes.sum())}
-        record.update(evaluate(net, params, X, Y, loss))
+        record.update(_metrics(net, params, X, Y, loss))
         if validation is not None:
-            record.update({f"val_{k}": v for k, v in evaluate(net, params, *validation, loss).items()})
+            record.update({f"val_{k}": v for k, v in _metrics(net, params, *validation, loss).items()})
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         if on_epoch is not None:
