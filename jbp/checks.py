@@ -38,6 +38,19 @@ def dtype_of(value: Any, name: str) -> np.dtype:
     return dtype
 
 
+def check_key(key: Any, name: str = "key") -> None:
+    """Refuses anything but one PRNG key: ``jax.random.key(seed)`` (or a legacy
+    ``PRNGKey``, a uint32 pair)."""
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ()
+    legacy = dtype == jnp.uint32 and shape == (2,)
+    if not (typed or legacy):
+        raise TypeError(
+            f"{name} must be one jax.random.key(seed), got {type(key).__name__}"
+            + (f" of shape {shape} and dtype {dtype}" if shape is not None else f": {key!r}")
+        )
+
+
 def _rows_that(bad: np.ndarray) -> tuple[int, int]:
     """How many rows of a boolean matrix have a True, and the first of them."""
     rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jbp.activations import Activation, get_activation, sigmoid
-from jbp.checks import check_finite, check_targets, dtype_of, finite_result
+from jbp.checks import check_finite, check_key, check_targets, dtype_of, finite_result
 from jbp.losses import Loss, check_pair, get_loss, output_delta
 
 Array = jax.Array
@@ -146,6 +146,7 @@ def init(
       [(5, 3), (2, 5)]
     """
     _check_net(net)
+    check_key(key)
     dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
     if weight_init is None:
         weight_init = jax.nn.initializers.lecun_normal(in_axis=-1, out_axis=-2)
@@ -207,6 +208,7 @@ def forward(net: MLP, params: Sequence[Dense], x: Array) -> Trace:
 
 @partial(jax.jit, static_argnames=("net",))
 def _forward(net: MLP, params: Sequence[Dense], x: Array) -> Trace:
+    """z^l = W^l a^{l-1} + b^l and a^l = σ(z^l), layer after layer, keeping both."""
     zs, activations = [], [x]
     for layer, sigma in zip(params, net.activations):
         z = layer.W @ activations[-1] + layer.b
@@ -303,6 +305,7 @@ def backward(
 
 @partial(jax.jit, static_argnames=("net", "loss"))
 def _backward(net, params, trace, y, loss):
+    """BP1 and BP2 (deltas), then BP3 and BP4 for every layer."""
     errors = deltas(net, params, trace, y, loss)
     grads = tuple(
         Dense(W=jnp.outer(delta, a_prev), b=delta)  # BP4, BP3

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from jbp.batch import check_batch, forward_costs, loss_and_grads
-from jbp.checks import all_finite
+from jbp.checks import all_finite, check_key
 from jbp.losses import Loss, get_loss
 from jbp.network import MLP, Dense, check_params
 
@@ -244,6 +244,7 @@ def fit(
     start_epoch = _check_count("start_epoch", start_epoch, 0, epochs)
     if not np.isscalar(l2) or not np.isfinite(l2) or l2 < 0:
         raise ValueError(f"l2 must be a finite number ≥ 0, got {l2!r}")
+    check_key(key)
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
     if validation is not None:

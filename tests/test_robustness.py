@@ -81,6 +81,15 @@ def test_non_numbers_are_a_type_error(value):
         jbp.loss_and_grads(NET, PARAMS, value, Y, "softmax_cross_entropy")
 
 
+@pytest.mark.parametrize("key", [0, None, "seed", np.zeros(3, np.uint32)])
+def test_a_key_that_is_not_a_key(key):
+    with pytest.raises(TypeError, match="key must be one jax.random.key"):
+        jbp.init(NET, key)
+    with pytest.raises(TypeError, match="key must be one jax.random.key"):
+        jbp.fit(NET, PARAMS, X, Y, loss="softmax_cross_entropy", optimizer=optax.sgd(0.1), epochs=1,
+                batch_size=5, key=key)
+
+
 def test_negative_l2():
     with pytest.raises(ValueError, match="l2 must be a finite number ≥ 0, got -0.5"):
         jbp.loss_and_grads(NET, PARAMS, X, Y, "softmax_cross_entropy", l2=-0.5)
