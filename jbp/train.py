@@ -286,7 +286,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(record, params, opt_state)
         if bar is not None:
-            bar.set_postfix(loss=f"{record['running_loss']:.4f}", refresh=False)
+            bar.set_postfix(loss=f"{record['running_loss']:.4g}", refresh=False)
             bar.update(1)
     if bar is not None:
         bar.close()
