@@ -8,6 +8,12 @@ batch sizes 32, 256 and 1024. The baseline is the same step written with
 each timing a run of steps; the table gives the median time per step of the
 runs and the ratio jbp / autodiff (below 1: jbp is faster).
 
+A second table times the norm of every sample's whole gradient (for
+clipping, or finding outliers): ``jbp.per_example_grad_norms``, which uses
+``‖δ a^T‖ = ‖δ‖ ‖a‖`` and never forms a per-sample gradient, against
+``jax.vmap(jax.grad(...))`` followed by the norms, which materializes
+``batch × parameters`` floats (hence no batch 1024 there by default).
+
 Run: ``python experiments/bench.py`` (``--help`` for the sizes and counts).
 """
 
@@ -73,6 +79,29 @@ def make_steps(net):
     return {"jbp": jbp_step, "autodiff": autodiff_step}
 
 
+def make_norms(net):
+    @jax.jit
+    def jbp_norms(params, X, Y):
+        return jbp.per_example_grad_norms(net, params, X, Y, jbp.softmax_cross_entropy)
+
+    @jax.jit
+    def autodiff_norms(params, X, Y):
+        sample_cost = lambda p, x, y: autodiff_cost(net, p, x[None], y[None])  # noqa: E731
+        grads = jax.vmap(jax.grad(sample_cost), in_axes=(None, 0, 0))(params, X, Y)
+        return jnp.sqrt(sum(jnp.sum(g.reshape(len(X), -1) ** 2, axis=1) for g in jax.tree.leaves(grads)))
+
+    return {"jbp": jbp_norms, "autodiff": autodiff_norms}
+
+
+def time_calls(fn, params, X, Y, calls: int) -> float:
+    """Seconds per call over ``calls`` calls."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = fn(params, X, Y)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / calls
+
+
 def time_steps(step, params, X, Y, steps: int) -> float:
     """Seconds per step over a run of ``steps`` chained steps."""
     start = time.perf_counter()
@@ -80,6 +109,37 @@ def time_steps(step, params, X, Y, steps: int) -> float:
         params, loss = step(params, X, Y)
     jax.block_until_ready((params, loss))
     return (time.perf_counter() - start) / steps
+
+
+def _problem(sizes, batch, rng):
+    X = jnp.asarray(rng.uniform(size=(batch, sizes[0])), jnp.float32)
+    Y = jax.nn.one_hot(rng.integers(0, sizes[-1], batch), sizes[-1], dtype=jnp.float32)
+    return X, Y
+
+
+def _interleaved(variants, params, X, Y, repeats, timer):
+    """Median seconds of each variant, timed in turn, ``repeats`` rounds."""
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(timer(fn, params, X, Y))
+    return statistics.median(times["jbp"]), statistics.median(times["autodiff"])
+
+
+def bench_norms(sizes, batch_sizes, repeats: int, calls: int, seed: int = 0):
+    """Rows of (batch, median jbp seconds, median autodiff seconds, ratio) for per-example gradient norms."""
+    net = jbp.mlp(sizes, hidden=jbp.sigmoid, output=jbp.softmax)
+    params = jbp.init(net, jax.random.key(seed), dtype=jnp.float32)
+    variants = make_norms(net)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for batch in batch_sizes:
+        X, Y = _problem(sizes, batch, rng)
+        ours, theirs = (np.asarray(fn(params, X, Y)) for fn in variants.values())  # compile, and compare
+        np.testing.assert_allclose(ours, theirs, rtol=1e-3, err_msg="the two norms disagree")
+        jbp_s, ad_s = _interleaved(variants, params, X, Y, repeats, lambda fn, *a: time_calls(fn, *a, calls))
+        rows.append((batch, jbp_s, ad_s, jbp_s / ad_s))
+    return rows
 
 
 def bench(sizes, batch_sizes, repeats: int, steps: int, seed: int = 0):
@@ -90,18 +150,13 @@ def bench(sizes, batch_sizes, repeats: int, steps: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     rows = []
     for batch in batch_sizes:
-        X = jnp.asarray(rng.uniform(size=(batch, sizes[0])), jnp.float32)
-        Y = jax.nn.one_hot(rng.integers(0, sizes[-1], batch), sizes[-1], dtype=jnp.float32)
+        X, Y = _problem(sizes, batch, rng)
         results = {name: step(params, X, Y) for name, step in variants.items()}  # compile
         (p_jbp, l_jbp), (p_ad, l_ad) = results["jbp"], results["autodiff"]
         assert abs(float(l_jbp) - float(l_ad)) <= 1e-5 * abs(float(l_ad)), (l_jbp, l_ad)
         gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p_jbp), jax.tree.leaves(p_ad)))
         assert gap < 1e-5, f"the two steps disagree by {gap}"
-        times = {name: [] for name in variants}
-        for _ in range(repeats):
-            for name, step in variants.items():
-                times[name].append(time_steps(step, params, X, Y, steps))
-        jbp_s, ad_s = statistics.median(times["jbp"]), statistics.median(times["autodiff"])
+        jbp_s, ad_s = _interleaved(variants, params, X, Y, repeats, lambda fn, *a: time_steps(fn, *a, steps))
         rows.append((batch, jbp_s, ad_s, jbp_s / ad_s))
     return rows
 
@@ -112,9 +167,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="32,256,1024", help="comma-separated (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per variant and batch size (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed run (default: %(default)s)")
+    parser.add_argument("--norm-batch-sizes", default="32,256",
+                        help="batch sizes of the per-example norm table, empty for none (default: %(default)s)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    norm_batch_sizes = [int(b) for b in args.norm_batch_sizes.split(",") if b]
 
     print(f"machine: {machine()}")
     print(f"network {'-'.join(map(str, sizes))}, sigmoid hidden, softmax cross-entropy, float32; "
@@ -123,6 +181,11 @@ def main(argv=None) -> int:
     print(f"{'batch':>6}  {'jbp ms/step':>12}  {'autodiff ms/step':>16}  {'jbp/autodiff':>12}")
     for batch, jbp_s, ad_s, ratio in bench(sizes, batch_sizes, args.repeats, args.steps):
         print(f"{batch:>6}  {jbp_s * 1e3:>12.3f}  {ad_s * 1e3:>16.3f}  {ratio:>12.2f}")
+    if norm_batch_sizes:
+        print("\nper-example gradient norms: jbp.per_example_grad_norms against vmap(grad) then norms")
+        print(f"{'batch':>6}  {'jbp ms':>12}  {'vmap(grad) ms':>16}  {'jbp/autodiff':>12}")
+        for batch, jbp_s, ad_s, ratio in bench_norms(sizes, norm_batch_sizes, args.repeats, args.steps):
+            print(f"{batch:>6}  {jbp_s * 1e3:>12.3f}  {ad_s * 1e3:>16.3f}  {ratio:>12.3f}")
     return 0
 
 

@@ -34,9 +34,12 @@ def test_bench_steps_agree_and_report_ratios(capsys):
     assert [row[0] for row in rows] == [8, 3]
     for _, jbp_s, ad_s, ratio in rows:
         assert jbp_s > 0 and ad_s > 0 and ratio == pytest.approx(jbp_s / ad_s)
-    assert bench.main(["--sizes", "6,5,3", "--batch-sizes", "4", "--repeats", "1", "--steps", "1"]) == 0
+    norms = bench.bench_norms([20, 16, 8, 4], [8], repeats=2, calls=2)  # compares the two norms first
+    assert norms[0][0] == 8 and norms[0][3] == pytest.approx(norms[0][1] / norms[0][2])
+    assert bench.main(["--sizes", "6,5,3", "--batch-sizes", "4", "--repeats", "1", "--steps", "1",
+                       "--norm-batch-sizes", "4"]) == 0
     out = capsys.readouterr().out
-    assert "machine:" in out and "jbp/autodiff" in out
+    assert "machine:" in out and "jbp/autodiff" in out and "per-example gradient norms" in out
 
 
 def test_learning_slowdown_shows_the_slow_start(results):
