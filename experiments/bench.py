@@ -126,39 +126,43 @@ def _interleaved(variants, params, X, Y, repeats, timer):
     return statistics.median(times["jbp"]), statistics.median(times["autodiff"])
 
 
-def bench_norms(sizes, batch_sizes, repeats: int, calls: int, seed: int = 0):
-    """Rows of (batch, median jbp seconds, median autodiff seconds, ratio) for per-example gradient norms."""
+def _steps_agree(ours, theirs):
+    (p_jbp, l_jbp), (p_ad, l_ad) = ours, theirs
+    assert abs(float(l_jbp) - float(l_ad)) <= 1e-5 * abs(float(l_ad)), (l_jbp, l_ad)
+    gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p_jbp), jax.tree.leaves(p_ad)))
+    assert gap < 1e-5, f"the two steps disagree by {gap}"
+
+
+def _norms_agree(ours, theirs):
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-3, err_msg="the two norms disagree")
+
+
+def _compare(make, agree, timer, sizes, batch_sizes, repeats, seed):
+    """Rows of (batch, median jbp seconds, median autodiff seconds, ratio);
+    before timing, each batch's two results are checked to agree."""
     net = jbp.mlp(sizes, hidden=jbp.sigmoid, output=jbp.softmax)
     params = jbp.init(net, jax.random.key(seed), dtype=jnp.float32)
-    variants = make_norms(net)
+    variants = make(net)
     rng = np.random.default_rng(seed)
     rows = []
     for batch in batch_sizes:
         X, Y = _problem(sizes, batch, rng)
-        ours, theirs = (np.asarray(fn(params, X, Y)) for fn in variants.values())  # compile, and compare
-        np.testing.assert_allclose(ours, theirs, rtol=1e-3, err_msg="the two norms disagree")
-        jbp_s, ad_s = _interleaved(variants, params, X, Y, repeats, lambda fn, *a: time_calls(fn, *a, calls))
+        agree(*(fn(params, X, Y) for fn in variants.values()))  # compiles both, too
+        jbp_s, ad_s = _interleaved(variants, params, X, Y, repeats, timer)
         rows.append((batch, jbp_s, ad_s, jbp_s / ad_s))
     return rows
 
 
 def bench(sizes, batch_sizes, repeats: int, steps: int, seed: int = 0):
-    """Rows of (batch, median jbp seconds, median autodiff seconds, ratio), and a check that both agree."""
-    net = jbp.mlp(sizes, hidden=jbp.sigmoid, output=jbp.softmax)
-    params = jbp.init(net, jax.random.key(seed), dtype=jnp.float32)
-    variants = make_steps(net)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for batch in batch_sizes:
-        X, Y = _problem(sizes, batch, rng)
-        results = {name: step(params, X, Y) for name, step in variants.items()}  # compile
-        (p_jbp, l_jbp), (p_ad, l_ad) = results["jbp"], results["autodiff"]
-        assert abs(float(l_jbp) - float(l_ad)) <= 1e-5 * abs(float(l_ad)), (l_jbp, l_ad)
-        gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p_jbp), jax.tree.leaves(p_ad)))
-        assert gap < 1e-5, f"the two steps disagree by {gap}"
-        jbp_s, ad_s = _interleaved(variants, params, X, Y, repeats, lambda fn, *a: time_steps(fn, *a, steps))
-        rows.append((batch, jbp_s, ad_s, jbp_s / ad_s))
-    return rows
+    """The training step, jbp against jax.value_and_grad (see the module docstring)."""
+    timer = lambda fn, *args: time_steps(fn, *args, steps)  # noqa: E731
+    return _compare(make_steps, _steps_agree, timer, sizes, batch_sizes, repeats, seed)
+
+
+def bench_norms(sizes, batch_sizes, repeats: int, calls: int, seed: int = 0):
+    """Per-example gradient norms, jbp against vmap(grad) (see the module docstring)."""
+    timer = lambda fn, *args: time_calls(fn, *args, calls)  # noqa: E731
+    return _compare(make_norms, _norms_agree, timer, sizes, batch_sizes, repeats, seed)
 
 
 def main(argv=None) -> int:
