@@ -288,6 +288,7 @@ def train_command(args) -> int:
             return _fail(f"{out / 'config.json'} and the checkpoint disagree on {', '.join(differ)}; "
                          "the checkpoint's configuration is the run's")
         params, opt_state, start, history = state.params, state.opt_state, state.epoch, state.history
+        shuffle_key = state.key  # the run's own key, as saved
         if start >= config["epochs"]:
             return _fail(f"the run in {out} has done {start} epochs already; ask for more with --epochs")
         _write_metrics(out / "metrics.jsonl", history)  # the checkpoint is the record of what was done
