@@ -120,15 +120,14 @@ def evaluate(
     """
     loss = get_loss(loss)
     X, Y = check_batch(net, params, X, Y, loss)
-    metrics = _metrics(net, params, X, Y, loss, chunk)
+    metrics = _metrics(net, params, X, Y, loss, targets_are_classes(Y), chunk)
     if not np.all(np.isfinite(list(metrics.values()))):
         raise FloatingPointError(f"evaluate overflowed: {metrics} although every input is finite")
     return metrics
 
 
-def _metrics(net, params, X, Y, loss, chunk=4096) -> dict:
+def _metrics(net, params, X, Y, loss, classes, chunk=4096) -> dict:
     """:func:`evaluate` on data already checked."""
-    classes = targets_are_classes(Y)
     cost, correct = _evaluate(net, params, X, Y, loss, classes, int(chunk))
     return {"loss": float(cost), "accuracy": float(correct)} if classes else {"loss": float(cost)}
 
@@ -223,7 +222,10 @@ def fit(
       validation data, and ``seconds``.
 
     Raises:
-      TrainingDiverged: when a step's loss is NaN or infinite.
+      TrainingDiverged: when a step's loss or parameters stop being finite.
+      ValueError, TypeError: for bad data (as :func:`jbp.loss_and_grads`)
+        or options: epochs < 1, a batch size outside ``1 … n``, a negative
+        ``l2``, a key that is not a PRNG key, an optimizer that is not optax's.
 
     Example:
       >>> import jax, optax, jbp
@@ -252,44 +254,46 @@ def fit(
     params = tuple(params)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     history = list(history)
-    classes = targets_are_classes(Y)
+    sets = [("", X, Y)] + ([("val_", *validation)] if validation is not None else [])
+    sets = [(prefix, X_, Y_, targets_are_classes(Y_)) for prefix, X_, Y_ in sets]
 
     bar = _progress_bar(start_epoch, epochs) if progress else None
-    for epoch in range(start_epoch, epochs):
-        started = time.perf_counter()
-        run_epoch = partial(
-            _epoch, net, params, opt_state, X, Y, jax.random.fold_in(key, epoch),
-            loss=loss, optimizer=optimizer, batch_size=batch_size, drop_last=drop_last, l2=float(l2),
-        )
-        new_params, new_state, costs, _ = run_epoch()
-        costs = np.asarray(costs)
-        if not (np.all(np.isfinite(costs)) and bool(all_finite(new_params))):
-            # the same epoch again, stopping at the first step that is not finite
-            last_params, last_state, costs, ok = run_epoch(guard=True)
-            step = int(np.argmin(np.asarray(ok)))
-            raise TrainingDiverged(
-                f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
-                f"{float(costs[step])} or the parameters overflowed (lower the learning rate?); "
-                "the parameters from just before that step are kept",
-                epoch + 1, step + 1, last_params, last_state, history,
+    try:
+        for epoch in range(start_epoch, epochs):
+            started = time.perf_counter()
+            run_epoch = partial(
+                _epoch, net, params, opt_state, X, Y, jax.random.fold_in(key, epoch),
+                loss=loss, optimizer=optimizer, batch_size=batch_size, drop_last=drop_last, l2=float(l2),
             )
-        params, opt_state = new_params, new_state
-        sizes = np.full(len(costs), batch_size)
-        if len(costs) > n // batch_size:  # the last, smaller minibatch
-            sizes[-1] = n % batch_size
-        record = {"epoch": epoch + 1, "running_loss": float(np.dot(costs, sizes) / sizes.sum())}
-        record.update(_metrics(net, params, X, Y, loss))
-        if validation is not None:
-            record.update({f"val_{k}": v for k, v in _metrics(net, params, *validation, loss).items()})
-        record["seconds"] = time.perf_counter() - started
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record, params, opt_state)
+            new_params, new_state, costs, _ = run_epoch()
+            costs = np.asarray(costs)
+            if not (np.all(np.isfinite(costs)) and bool(all_finite(new_params))):
+                # the same epoch again, stopping at the first step that is not finite
+                last_params, last_state, costs, ok = run_epoch(guard=True)
+                step = int(np.argmin(np.asarray(ok)))
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
+                    f"{float(costs[step])} or the parameters overflowed (lower the learning rate?); "
+                    "the parameters from just before that step are kept",
+                    epoch + 1, step + 1, last_params, last_state, history,
+                )
+            params, opt_state = new_params, new_state
+            sizes = np.full(len(costs), batch_size)
+            if len(costs) > n // batch_size:  # the last, smaller minibatch
+                sizes[-1] = n % batch_size
+            record = {"epoch": epoch + 1, "running_loss": float(np.dot(costs, sizes) / sizes.sum())}
+            for prefix, X_, Y_, classes in sets:
+                record.update({prefix + k: v for k, v in _metrics(net, params, X_, Y_, loss, classes).items()})
+            record["seconds"] = time.perf_counter() - started
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record, params, opt_state)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['running_loss']:.4g}", refresh=False)
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.set_postfix(loss=f"{record['running_loss']:.4g}", refresh=False)
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     return FitResult(params, opt_state, history)
 
 
