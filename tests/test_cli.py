@@ -135,3 +135,15 @@ def test_the_console_script_is_installed():
 def test_bench_command(capsys):
     assert main(["bench", "--sizes", "6,5,3", "--batch-sizes", "4", "--repeats", "1", "--steps", "1"]) == 0
     assert "jbp/autodiff" in capsys.readouterr().out
+
+
+def test_train_on_mnist_files_in_a_folder(tmp_path, capsys):
+    from test_data import tiny_mnist
+
+    tiny_mnist(tmp_path, compress=True, n_train=60, n_test=10)
+    out = tmp_path / "run"
+    assert main(["train", "--data", f"mnist:{tmp_path}", "--epochs", "2", "--batch-size", "8", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["test_accuracy"] <= 1 and json.loads((out / "config.json").read_text())["sizes"] == [784, 128, 10]
+    assert main(["train", "--data", f"mnist:{tmp_path / 'empty'}"]) == 2
+    assert "no MNIST folder" in capsys.readouterr().err
