@@ -1,7 +1,6 @@
 """Real processes: killed mid-write, resumed, compared; run twice; measured."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
