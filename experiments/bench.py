@@ -165,8 +165,25 @@ def bench_norms(sizes, batch_sizes, repeats: int, calls: int, seed: int = 0):
     return _compare(make_norms, _norms_agree, timer, sizes, batch_sizes, repeats, seed)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Refusals as one line (``SystemExit`` with the message), as the ``jbp`` command gives them."""
+
+    def error(self, message):
+        raise SystemExit(f"bench.py: {message}")
+
+
+def _widths(text: str, name: str, at_least: int = 1, allow_empty: bool = False) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v or not allow_empty]
+    except ValueError:
+        raise SystemExit(f"bench.py: {name} must be comma-separated positive integers, got {text!r}") from None
+    if len(values) < at_least or any(v < 1 for v in values):
+        raise SystemExit(f"bench.py: {name} must be at least {at_least} positive integer(s), got {text!r}")
+    return values
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--sizes", default="784,512,512,10", help="layer widths, input first (default: %(default)s)")
     parser.add_argument("--batch-sizes", default="32,256,1024", help="comma-separated (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per variant and batch size (default: %(default)s)")
@@ -174,9 +191,11 @@ def main(argv=None) -> int:
     parser.add_argument("--norm-batch-sizes", default="32,256",
                         help="batch sizes of the per-example norm table, empty for none (default: %(default)s)")
     args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    norm_batch_sizes = [int(b) for b in args.norm_batch_sizes.split(",") if b]
+    sizes = _widths(args.sizes, "--sizes", at_least=2)
+    batch_sizes = _widths(args.batch_sizes, "--batch-sizes")
+    norm_batch_sizes = _widths(args.norm_batch_sizes, "--norm-batch-sizes", at_least=0, allow_empty=True)
+    if args.repeats < 1 or args.steps < 1:
+        raise SystemExit(f"bench.py: --repeats and --steps must be at least 1, got {args.repeats} and {args.steps}")
 
     print(f"machine: {machine()}")
     print(f"network {'-'.join(map(str, sizes))}, sigmoid hidden, softmax cross-entropy, float32; "

@@ -129,8 +129,11 @@ def labels_to_targets(labels: Any, n_outputs: int, dtype: Any) -> Array:
 
 @jax.jit
 def all_finite(tree: Any) -> Array:
-    """True when no leaf of ``tree`` holds NaN or infinity (one compiled reduction)."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+    """True when no floating leaf of ``tree`` holds NaN or infinity (one compiled
+    reduction); integer leaves and PRNG keys (an optimizer's step count, a noise
+    key) are not numbers that can overflow and are passed over."""
+    leaves = [leaf for leaf in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves] + [jnp.array(True)]))
 
 
 def finite_result(result: Any, what: str, *inputs: Any) -> Any:

@@ -14,6 +14,7 @@ compiled with ``jax.jit`` (the network description and the loss are static
 arguments), once per network and shape.
 """
 
+import functools
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -112,7 +113,40 @@ def mlp(
             f"but {len(hidden)} hidden activations were given"
         )
     activations = tuple(get_activation(act) for act in hidden) + (get_activation(output),)
+    for l, (activation, width) in enumerate(zip(activations, sizes[1:]), 1):
+        check_activation(activation, int(width), l)
     return MLP(tuple(int(size) for size in sizes), activations)
+
+
+@functools.lru_cache(maxsize=1024)
+def _activation_shapes(activation: Activation, width: int, dtype: str) -> "str | None":
+    """What is wrong with an activation's shapes on a vector of ``width``, or None.
+
+    Shapes only (``jax.eval_shape``): nothing is computed, and each
+    (activation, width) is looked at once."""
+    z = jax.ShapeDtypeStruct((width,), jnp.dtype(dtype))
+    try:
+        a = jax.eval_shape(activation.fn, z)
+        step = jax.eval_shape(activation.backward, z, z, z)
+    except Exception as err:  # a user's function may fail in any way; report it, do not guess
+        return f"it fails on a vector of shape ({width},): {type(err).__name__}: {err}"
+    for what, out in (("fn(z)", a), ("backward(z, a, g)", step)):
+        if getattr(out, "shape", None) != (width,) or not jnp.issubdtype(out.dtype, jnp.floating):
+            return (
+                f"{what} returns {getattr(out, 'shape', type(out).__name__)} "
+                f"{getattr(out, 'dtype', '')} for z of shape ({width},); expected shape ({width},), floating point"
+            )
+    return None
+
+
+def check_activation(activation: Activation, width: int, layer: int) -> None:
+    """Refuses an activation (one of the user's, typically) whose ``fn`` or
+    ``backward`` does not map a vector of the layer's width to one of the same
+    shape: a wrong shape would otherwise broadcast into gradients of the
+    wrong shape, silently."""
+    problem = _activation_shapes(activation, width, str(jnp.result_type(float)))
+    if problem:
+        raise ValueError(f"layer {layer}: activation {activation.name!r}: {problem}")
 
 
 def init(
@@ -248,6 +282,19 @@ def deltas(
     y, loss = as_sample(net, params, y, "y", net.sizes[-1]), get_loss(loss)
     output = net.activations[-1]
     delta = output_delta(output, loss, trace.zs[-1], trace.activations[-1], y)  # BP1
+    return backpropagate(net, params, trace, delta)
+
+
+def backpropagate(net: MLP, params: Sequence[Dense], trace: Trace, delta: Array) -> tuple[Array, ...]:
+    """BP2 from a given output error: ``(δ^1, …, δ^L)`` with ``δ^L = delta``.
+
+    .. math:: \\delta^l = ((W^{l+1})^T \\delta^{l+1}) \\odot \\sigma'(z^l)
+
+    What :func:`deltas` runs after BP1, and what carries any other vector
+    at the output back through the network: a column of the loss's Hessian
+    factor (curvature, :mod:`jbp.quantities`) is carried exactly as an error
+    is. One sample, unchecked; ``jax.vmap`` it over samples or columns.
+    """
     errors = [delta]
     layers_back = zip(params[1:], trace.zs[:-1], trace.activations[1:-1], net.activations[:-1])
     for layer_above, z, a, sigma in reversed(list(layers_back)):

@@ -154,7 +154,7 @@ def _epoch(net, params, opt_state, X, Y, key, *, loss, optimizer, batch_size, dr
         new_params = optax.apply_updates(params, updates)
         if not guard:
             return (new_params, new_state, healthy), (J, healthy)
-        ok = healthy & jnp.isfinite(J) & all_finite(new_params)
+        ok = healthy & jnp.isfinite(J) & all_finite((new_params, new_state))
         keep = partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
         return (keep(new_params, params), keep(new_state, state), ok), (J, ok)
 
@@ -222,7 +222,8 @@ def fit(
       validation data, and ``seconds``.
 
     Raises:
-      TrainingDiverged: when a step's loss or parameters stop being finite.
+      TrainingDiverged: when a step's loss, the parameters or the optimizer's
+        state stop being finite, or a metric of the epoch overflows.
       ValueError, TypeError: for bad data (as :func:`jbp.loss_and_grads`)
         or options: epochs < 1, a batch size outside ``1 … n``, a negative
         ``l2``, a key that is not a PRNG key, an optimizer that is not optax's.
@@ -267,14 +268,14 @@ def fit(
             )
             new_params, new_state, costs, _ = run_epoch()
             costs = np.asarray(costs)
-            if not (np.all(np.isfinite(costs)) and bool(all_finite(new_params))):
+            if not (np.all(np.isfinite(costs)) and bool(all_finite((new_params, new_state)))):
                 # the same epoch again, stopping at the first step that is not finite
                 last_params, last_state, costs, ok = run_epoch(guard=True)
                 step = int(np.argmin(np.asarray(ok)))
                 raise TrainingDiverged(
                     f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
-                    f"{float(costs[step])} or the parameters overflowed (lower the learning rate?); "
-                    "the parameters from just before that step are kept",
+                    f"{float(costs[step])}, or the parameters or the optimizer's state overflowed "
+                    "(lower the learning rate?); the parameters from just before that step are kept",
                     epoch + 1, step + 1, last_params, last_state, history,
                 )
             params, opt_state = new_params, new_state
@@ -284,6 +285,14 @@ def fit(
             record = {"epoch": epoch + 1, "running_loss": float(np.dot(costs, sizes) / sizes.sum())}
             for prefix, X_, Y_, classes in sets:
                 record.update({prefix + k: v for k, v in _metrics(net, params, X_, Y_, loss, classes).items()})
+            overflowed = [name for name, value in record.items() if not np.isfinite(value)]
+            if overflowed:
+                raise TrainingDiverged(
+                    f"after epoch {epoch + 1} the {' and '.join(overflowed)} overflowed to "
+                    f"{', '.join(str(record[k]) for k in overflowed)} although the parameters are finite "
+                    "(inputs or weights too large for the dtype?); that epoch is not recorded",
+                    epoch + 1, len(costs), params, opt_state, history,
+                )
             record["seconds"] = time.perf_counter() - started
             history.append(record)
             if on_epoch is not None:

@@ -28,12 +28,13 @@ LOSSES = {
 }
 
 # The output activations on whose range each loss is defined (cross-entropies
-# take logarithms of the outputs). Every activation serves as a hidden one with
+# take logarithms of outputs that must lie in (0, 1); softplus outputs exceed 1,
+# where -y log a turns negative). Every activation serves as a hidden one with
 # every loss.
 OUTPUTS_FOR_LOSS = {
     "squared_error": tuple(ACTIVATIONS),
     "binary_cross_entropy": ("sigmoid", "softmax"),
-    "softmax_cross_entropy": ("sigmoid", "softmax", "softplus"),
+    "softmax_cross_entropy": ("sigmoid", "softmax"),
 }
 
 

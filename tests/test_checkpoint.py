@@ -134,7 +134,7 @@ def test_pickled_content_is_never_loaded(tmp_path):
         return jbp.checkpoint.HEADER.pack(jbp.checkpoint.MAGIC, len(payload), hashlib.sha256(payload).digest())
 
     _rewrite(path, pickled, honest_header)  # np.savez pickles the object array
-    with pytest.raises(CheckpointError, match="not a readable checkpoint.*allow_pickle"):
+    with pytest.raises(CheckpointError, match="holds object values; only numbers are read \\(nothing is unpickled\\)"):
         jbp.checkpoint.load(path, params_like=params, opt_state_like=opt.init(params))
 
 

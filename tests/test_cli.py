@@ -31,7 +31,7 @@ def test_defaults_reach_97_percent_on_the_bundled_digits(default_run):
 
 def test_the_output_folder_holds_everything(default_run):
     assert sorted(p.name for p in default_run.iterdir()) == [
-        "checkpoint.ckpt", "config.json", "metrics.jsonl", "params.npz", "plot.png", "summary.json"
+        ".jbp.lock", "checkpoint.ckpt", "config.json", "metrics.jsonl", "params.npz", "plot.png", "summary.json"
     ]
     lines = (default_run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 41))
@@ -75,12 +75,12 @@ def test_xor_defaults(tmp_path, capsys):
         (["train", "--sizes", "60,32,10"], "does not fit --data digits: it has 64 inputs and 10 outputs"),
         (["train", "--epochs", "0"], "positive integer"),
         (["train", "--batch-size", "9999"], "larger than the 1257 training samples"),
-        (["train", "--l2", "-1"], "--l2 must be a finite number ≥ 0"),
-        (["train", "--lr", "0"], "--lr must be positive"),
+        (["train", "--l2", "-1"], "argument --l2: must be a finite number ≥ 0, got -1"),
+        (["train", "--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
         (["train", "--data", "cifar"], "unknown data set 'cifar'"),
         (["train", "--data", "mnist:/no/such/folder"], "no MNIST folder at /no/such/folder"),
         (["train", "--hidden", "relu,tanh"], "--hidden names 2 activations for 1 hidden layers"),
-        (["train", "--resume", "/no/such/run"], "no checkpoint.ckpt there"),
+        (["train", "--resume", "/no/such/run"], "no run at /no/such/run"),
         (["frobnicate"], "invalid choice"),
     ],
 )

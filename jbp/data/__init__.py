@@ -1,6 +1,7 @@
 """Data sets: XOR, scikit-learn's bundled digits, and MNIST from local files.
 
-Nothing is downloaded. ``digits`` needs scikit-learn (``pip install
+Nothing is downloaded, and every file is read as untrusted bytes within a
+size limit (:mod:`jbp.files`, :mod:`jbp.data.idx`). ``digits`` needs scikit-learn (``pip install
 'jbp[datasets]'``), which ships the 1,797 8×8 images inside the package;
 ``mnist`` reads the standard IDX files (gzipped or not) or a ``mnist.npz``
 from a folder the user names.
@@ -9,12 +10,14 @@ Every loader returns a :class:`Dataset` of three :class:`Split` s with inputs
 scaled to ``[0, 1]`` as float32 and targets one-hot (``jax.nn.one_hot``).
 """
 
-import gzip
 import pathlib
 from typing import NamedTuple
 
 import jax
 import numpy as np
+
+from jbp.data.idx import read_idx
+from jbp.files import FileFormatError, read_npz
 
 
 class Split(NamedTuple):
@@ -127,81 +130,100 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+NPZ_MEMBERS = {"train_images": "x_train", "train_labels": "y_train", "test_images": "x_test", "test_labels": "y_test"}
 
 
-def read_idx(path: "str | pathlib.Path") -> np.ndarray:
-    """Reads one IDX file (the MNIST format), gzipped or not.
+def as_labels(values: np.ndarray, where: str) -> np.ndarray:
+    """Class labels as int64, refusing any that are not whole numbers.
 
-    The header is two zero bytes, a type code, the number of dimensions, then
-    each dimension as a big-endian 32-bit integer; the data follow.
+    Integer and boolean arrays pass; a float array passes only if every value
+    is a whole number (``3.0``), since truncating ``3.7`` to class 3 would
+    silently train on wrong labels.
 
     Raises:
-      ValueError: for a file that is not IDX or whose size does not match its header.
+      ValueError: naming ``where``, how many labels are not whole numbers and
+        the first of them; TypeError for values that are not numbers.
     """
-    path = pathlib.Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file (magic bytes {raw[:4].hex() or 'missing'})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(raw) != expected:
-        raise ValueError(f"{path}: {len(raw)} bytes, but its header {shape} needs {expected}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise ValueError(f"{where}: labels must be one number per sample (shape (m,)), got shape {values.shape}")
+    if values.dtype == np.bool_ or np.issubdtype(values.dtype, np.integer):
+        return values.astype(np.int64)
+    if not np.issubdtype(values.dtype, np.floating):
+        raise TypeError(f"{where}: labels must be integers, got {values.dtype}")
+    bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
+    if bad.size:
+        raise ValueError(
+            f"{where}: labels must be whole numbers (class indices); {bad.size} are not, the first is "
+            f"{values[bad[0]].item()!r} at row {bad[0]}"
+        )
+    return values.astype(np.int64)
 
 
 def _find(folder: pathlib.Path, stem: str) -> "pathlib.Path | None":
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
-        if (folder / name).is_file():
+        if (folder / name).exists():
             return folder / name
     return None
 
 
-def mnist(folder: "str | pathlib.Path", validation: "int | None" = None) -> Dataset:
-    """MNIST from a folder holding the four IDX files or ``mnist.npz``.
+def mnist(folder: "str | pathlib.Path", validation: "int | None" = None, limit: "int | str | None" = None) -> Dataset:
+    """MNIST (or any set in its format) from a folder holding the four IDX files or ``mnist.npz``.
 
     The IDX files may be gzipped; ``mnist.npz`` holds ``x_train``,
-    ``y_train``, ``x_test`` and ``y_test`` and is read with
-    ``allow_pickle=False``. Images are flattened to 784 features scaled to
-    ``[0, 1]``; the last ``validation`` training images are the validation
-    part, by default a sixth of them (Nielsen's 50,000 / 10,000).
+    ``y_train``, ``x_test`` and ``y_test`` (other members are not read).
+    Every file is read as untrusted bytes within ``limit``
+    (:mod:`jbp.files`). Images are flattened, and scaled to ``[0, 1]`` when
+    they are bytes; labels must be whole numbers below 10. The last
+    ``validation`` training images are the validation part, by default a
+    sixth of them (Nielsen's 50,000 / 10,000).
 
     Raises:
       FileNotFoundError: when the folder or the files are not there, naming
         what was looked for (nothing is downloaded).
-      ValueError: for files that are malformed or disagree in length.
+      ValueError: for files that are malformed, too large, disagree in
+        length or hold labels that are not classes.
     """
     folder = pathlib.Path(folder).expanduser()
-    if not folder.is_dir():
+    if not folder.exists():
         raise FileNotFoundError(f"no MNIST folder at {folder}")
+    if not folder.is_dir():
+        raise FileFormatError(f"{folder} is a file; expected a folder holding the MNIST files")
     found = {key: _find(folder, stem) for key, stem in IDX_FILES.items()}
     if all(found.values()):
-        arrays = {key: read_idx(path) for key, path in found.items()}
-    elif (folder / "mnist.npz").is_file():
-        with np.load(folder / "mnist.npz", allow_pickle=False) as npz:
-            keys = {"train_images": "x_train", "train_labels": "y_train", "test_images": "x_test", "test_labels": "y_test"}
-            missing = [k for k in keys.values() if k not in npz.files]
-            if missing:
-                raise ValueError(f"{folder / 'mnist.npz'} lacks {', '.join(missing)}")
-            arrays = {key: npz[name] for key, name in keys.items()}
+        arrays = {key: read_idx(path, limit) for key, path in found.items()}
+        names = {key: str(path) for key, path in found.items()}
+    elif (folder / "mnist.npz").exists():
+        path = folder / "mnist.npz"
+        stored = read_npz(path, NPZ_MEMBERS.values(), limit=limit)
+        missing = [name for name in NPZ_MEMBERS.values() if name not in stored]
+        if missing:
+            raise FileFormatError(f"{path} lacks {', '.join(missing)}")
+        arrays = {key: stored[name] for key, name in NPZ_MEMBERS.items()}
+        names = {key: f"{path}: {name}" for key, name in NPZ_MEMBERS.items()}
     else:
         wanted = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
         raise FileNotFoundError(f"{folder} holds neither the MNIST IDX files ({wanted}) nor mnist.npz")
 
     parts = {}
     for part in ("train", "test"):
-        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"].astype(np.int64)
+        images = arrays[f"{part}_images"]
+        labels = as_labels(arrays[f"{part}_labels"], names[f"{part}_labels"])
+        if images.ndim < 2:
+            raise FileFormatError(f"{names[f'{part}_images']}: images must have a sample axis and pixels, got shape {images.shape}")
         if len(images) != len(labels):
-            raise ValueError(f"MNIST {part}: {len(images)} images but {len(labels)} labels")
-        parts[part] = (images.reshape(len(images), -1).astype(np.float32) / 255.0, labels)
+            raise FileFormatError(f"MNIST {part}: {len(images)} images but {len(labels)} labels")
+        if len(images) == 0:
+            raise FileFormatError(f"{names[f'{part}_images']}: no images")
+        X = images.reshape(len(images), -1).astype(np.float32)
+        if images.dtype == np.uint8:
+            X /= 255.0
+        elif not np.all(np.isfinite(X)):
+            raise FileFormatError(f"{names[f'{part}_images']}: holds NaN or infinity")
+        parts[part] = (X, labels)
     (X, labels), (X_test, l_test) = parts["train"], parts["test"]
+    if X.shape[1] != X_test.shape[1]:
+        raise FileFormatError(f"MNIST: training images have {X.shape[1]} pixels, test images {X_test.shape[1]}")
     validation = len(X) // 6 if validation is None else validation
     if not 0 <= validation < len(X):
         raise ValueError(f"validation must be in [0, {len(X)}), got {validation}")
@@ -218,8 +240,10 @@ def mnist(folder: "str | pathlib.Path", validation: "int | None" = None) -> Data
 DATASETS = ("digits", "xor", "mnist:FOLDER")
 
 
-def load(spec: str) -> Dataset:
+def load(spec: str, limit: "int | str | None" = None) -> Dataset:
     """A data set by name: ``digits``, ``xor`` or ``mnist:FOLDER``; splits are fixed.
+
+    ``limit`` bounds every file read (:func:`jbp.files.max_bytes`).
 
     Raises:
       ValueError: for an unknown name, listing the known ones.
@@ -229,5 +253,5 @@ def load(spec: str) -> Dataset:
     if spec == "xor":
         return xor()
     if spec.startswith("mnist:") and len(spec) > len("mnist:"):
-        return mnist(spec[len("mnist:") :])
+        return mnist(spec[len("mnist:") :], limit=limit)
     raise ValueError(f"unknown data set {spec!r}; expected one of {', '.join(DATASETS)}")

@@ -1,0 +1,209 @@
+"""What the subcommands share: option types that refuse bad values at once,
+optimizers by name, seeds as keys, and the memory a network will need."""
+
+import argparse
+import inspect
+import math
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jbp.activations import ACTIVATIONS
+from jbp.files import parse_size
+
+EXCLUDED_OPTIMIZERS = {"lbfgs", "scale_by_learning_rate", "scale_by_rprop"}
+SEED_LIMIT = 2**64
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (status 2) and no abbreviated options:
+    ``--epoch`` is refused rather than taken for ``--epochs``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def optimizers() -> list[str]:
+    """optax's optimizers that take a learning rate first and need nothing else."""
+    names = []
+    for name in sorted(dir(optax)):
+        fn = getattr(optax, name)
+        if name.startswith("_") or name in EXCLUDED_OPTIMIZERS or not inspect.isfunction(fn):
+            continue
+        params = list(inspect.signature(fn).parameters.values())
+        if params and params[0].name == "learning_rate" and all(
+            p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            for p in params[1:]
+        ):
+            names.append(name)
+    return names
+
+
+def make_optimizer(name: str, learning_rate: float, key: "jax.Array | None" = None) -> optax.GradientTransformation:
+    """``optax.<name>(learning_rate)``, for a name from :func:`optimizers`.
+
+    An optimizer that draws random numbers (``noisy_sgd``) gets ``key``, so a
+    run's noise follows its seed."""
+    known = optimizers()
+    if name not in known:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(known)}")
+    factory = getattr(optax, name)
+    if key is not None and "key" in inspect.signature(factory).parameters:
+        return factory(learning_rate, key=key)
+    return factory(learning_rate)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (``inf`` and ``nan`` refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number ≥ 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A whole number in ``[0, 2^64)``: every one of them gives its own key (:func:`key_from_seed`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 2^64), got {text}")
+    return value
+
+
+def key_from_seed(value: int) -> jax.Array:
+    """A ``threefry`` key holding all 64 bits of the seed.
+
+    ``jax.random.key(seed)`` keeps only the low 32 bits of a seed unless
+    ``jax_enable_x64`` is on, so seeds ``5`` and ``2^32 + 5`` would give the
+    same run; here both halves are kept. For seeds below ``2^32`` this is
+    exactly ``jax.random.key(seed)``."""
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"a seed must lie in [0, 2^64), got {value}")
+    return jax.random.wrap_key_data(np.array([value >> 32, value & 0xFFFFFFFF], np.uint32), impl="threefry2x32")
+
+
+def size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def sizes(text: str) -> list[int]:
+    try:
+        widths = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 64,32,10, got {text!r}") from None
+    if len(widths) < 2 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected at least two positive widths, got {text!r}")
+    return widths
+
+
+def choice(kind: str, known: Sequence[str]):
+    def parse(text: str) -> str:
+        if text not in known:
+            raise argparse.ArgumentTypeError(f"unknown {kind} {text!r}; expected one of {', '.join(known)}")
+        return text
+
+    return parse
+
+
+def activations(text: str) -> list[str]:
+    names = text.split(",")
+    for name in names:
+        choice("activation", list(ACTIVATIONS))(name)
+    return names
+
+
+def per_layer(hidden: Sequence[str], sizes_: Sequence[int]) -> list[str]:
+    """One hidden activation for every hidden layer, or one each."""
+    n_hidden = len(sizes_) - 2
+    if len(hidden) == 1:
+        return list(hidden) * n_hidden
+    if len(hidden) != n_hidden:
+        raise ValueError(f"--hidden names {len(hidden)} activations for {n_hidden} hidden layers")
+    return list(hidden)
+
+
+def available_memory() -> int:
+    """Bytes this process may still take: ``MemAvailable`` (Linux), else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 2**63
+
+
+def check_memory(widths: Sequence[int], optimizer: "optax.GradientTransformation | None", batch_size: int,
+                 dtype=jnp.float32, copies: int = 3) -> None:
+    """Refuses a network whose training state cannot fit in the memory left.
+
+    Counted without allocating anything: the parameters, ``copies`` arrays of
+    their size (gradients, updates, the new parameters), the optimizer's
+    state (its shapes from ``jax.eval_shape``), and the activations and
+    deltas of one minibatch.
+
+    Raises:
+      ValueError: naming the bytes needed and the bytes available.
+    """
+    itemsize = jnp.dtype(dtype).itemsize
+    count = sum((n_in + 1) * n_out for n_in, n_out in zip(widths[:-1], widths[1:]))
+    state = 0
+    if optimizer is not None and count * itemsize < available_memory():
+        shapes = tuple(
+            (jax.ShapeDtypeStruct((n_out, n_in), dtype), jax.ShapeDtypeStruct((n_out,), dtype))
+            for n_in, n_out in zip(widths[:-1], widths[1:])
+        )
+        state = sum(
+            math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+            for leaf in jax.tree.leaves(jax.eval_shape(optimizer.init, shapes))
+            if not jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+        )
+    needed = count * itemsize * (1 + copies) + state + 4 * batch_size * sum(widths) * itemsize
+    available = available_memory()
+    if needed > available:
+        raise ValueError(
+            f"the network {','.join(map(str, widths))} has {count:,} parameters; training it needs about "
+            f"{needed / 1e9:.3g} GB (parameters, gradients, updates and the optimizer's state), "
+            f"and this machine has {available / 1e9:.3g} GB available"
+        )
