@@ -33,7 +33,18 @@ from jbp.losses import (
     softmax_cross_entropy,
     squared_error,
 )
-from jbp.network import MLP, Dense, Trace, backward, deltas, forward, init, mlp
+from jbp.network import MLP, Dense, Trace, backpropagate, backward, deltas, forward, init, mlp
+from jbp.quantities import (
+    QUANTITIES,
+    KronFactors,
+    diag_ggn,
+    diag_ggn_mc,
+    grad_variance,
+    kfac_factors,
+    one_pass,
+    per_example_grad_gram,
+    sum_grad_squared,
+)
 from jbp.train import FitResult, TrainingDiverged, evaluate, fit
 from jbp.explain import Explanation, explain
 from jbp import checkpoint, data
@@ -67,6 +78,7 @@ __all__ = [
     "MLP",
     "Dense",
     "Trace",
+    "backpropagate",
     "backward",
     "deltas",
     "forward",
@@ -78,6 +90,16 @@ __all__ = [
     "per_example_grad_norms",
     "per_example_grads",
     "predict",
+    # quantities from the deltas
+    "QUANTITIES",
+    "KronFactors",
+    "diag_ggn",
+    "diag_ggn_mc",
+    "grad_variance",
+    "kfac_factors",
+    "one_pass",
+    "per_example_grad_gram",
+    "sum_grad_squared",
     # finite differences
     "GradCheck",
     "check_grads",

@@ -52,7 +52,7 @@ def forward_costs(
     return traces, costs
 
 
-def _batch_passes(
+def batch_passes(
     net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: Loss
 ) -> tuple[Trace, tuple[Array, ...], Array]:
     """Forward and BP1/BP2 for every sample: traces, deltas and costs, each with a leading batch axis."""
@@ -74,7 +74,7 @@ def penalty(params: Sequence[Dense], l2: Array, m: int, regularized: bool) -> Ar
 @partial(jax.jit, static_argnames=("net", "loss", "regularized"))
 def _loss_and_grads(net, params, X, Y, loss, l2, regularized):
     m = X.shape[0]
-    traces, errors, costs = _batch_passes(net, params, X, Y, loss)
+    traces, errors, costs = batch_passes(net, params, X, Y, loss)
     J = jnp.mean(costs) + penalty(params, l2, m, regularized)
     grads = tuple(
         Dense(
@@ -94,7 +94,7 @@ def _cost(net, params, X, Y, loss, l2, regularized):
 
 @partial(jax.jit, static_argnames=("net", "loss"))
 def _per_example_grads(net, params, X, Y, loss):
-    traces, errors, _ = _batch_passes(net, params, X, Y, loss)
+    traces, errors, _ = batch_passes(net, params, X, Y, loss)
     return tuple(
         Dense(W=jnp.einsum("bo,bi->boi", delta, a_prev), b=delta)
         for delta, a_prev in zip(errors, traces.activations[:-1])
@@ -103,7 +103,7 @@ def _per_example_grads(net, params, X, Y, loss):
 
 @partial(jax.jit, static_argnames=("net", "loss"))
 def _per_example_grad_norms(net, params, X, Y, loss):
-    traces, errors, _ = _batch_passes(net, params, X, Y, loss)
+    traces, errors, _ = batch_passes(net, params, X, Y, loss)
     squared = sum(
         jnp.sum(delta**2, axis=1) * (jnp.sum(a_prev**2, axis=1) + 1)
         for delta, a_prev in zip(errors, traces.activations[:-1])
