@@ -298,7 +298,9 @@ def backpropagate(net: MLP, params: Sequence[Dense], trace: Trace, delta: Array)
     errors = [delta]
     layers_back = zip(params[1:], trace.zs[:-1], trace.activations[1:-1], net.activations[:-1])
     for layer_above, z, a, sigma in reversed(list(layers_back)):
-        delta = sigma.backward(z, a, layer_above.W.T @ delta)  # BP2
+        # BP2: (W^{l+1})ᵀ δ^{l+1}, written δ @ W: the same numbers for one vector, and under
+        # vmap (samples, or columns of a Hessian factor) a product that needs no transpose.
+        delta = sigma.backward(z, a, delta @ layer_above.W)
         errors.append(delta)
     return tuple(reversed(errors))
 

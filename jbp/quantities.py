@@ -139,11 +139,11 @@ def _quantities(net, params, X, Y, loss, key, names, samples):
     carried = {}
     if exact:
         columns = jax.vmap(partial(output_columns, net, loss))(traces.zs[-1], traces.activations[-1], Y)
-        carried["exact"] = (_carry_back(net, params, traces, columns), 1)
+        carried["exact"] = (_carry_back(net, params, traces, columns), 1)  # columns: (m, n_L, c)
     if sampled:
         keys = jax.random.split(key, (m, samples))
-        draw = jax.vmap(jax.vmap(loss.fused_sample, in_axes=(0, None, None)), in_axes=(0, 0, 0))
-        columns = jnp.swapaxes(draw(keys, traces.zs[-1], traces.activations[-1]), 1, 2)  # (m, n_L, samples)
+        draw = jax.vmap(jax.vmap(loss.fused_sample, in_axes=(0, None, None), out_axes=1))
+        columns = draw(keys, traces.zs[-1], traces.activations[-1])  # (m, n_L, samples)
         carried["sampled"] = (_carry_back(net, params, traces, columns), samples)
     for name, kind in (("diag_ggn", "exact"), ("diag_ggn_mc", "sampled")):
         if name in names:
@@ -155,12 +155,10 @@ def _quantities(net, params, X, Y, loss, key, names, samples):
     for name, kind in (("kflr", "exact"), ("kfac", "sampled")):
         if name in names:
             deltas, count = carried[kind]
+            flat = tuple(jnp.swapaxes(d, 1, 2).reshape(-1, d.shape[1]) for d in deltas)  # (m · c, n_l)
             out[name] = tuple(
-                KronFactors(
-                    A=_with_ones(a).T @ _with_ones(a) / m,
-                    G=jnp.einsum("mic,mjc->ij", d, d) / (m * count),
-                )
-                for d, a in zip(deltas, inputs)
+                KronFactors(A=_with_ones(a).T @ _with_ones(a) / m, G=d.T @ d / (m * count))
+                for d, a in zip(flat, inputs)
             )
     return {name: out[name] for name in names}
 

@@ -71,3 +71,24 @@ def test_coursera_ex4(results):
     assert load("coursera_ex4").main() == 0
     saved = json.loads((results / "coursera_ex4.json").read_text())
     assert saved["lambda=0"]["relative_difference"] < 1e-9 and saved["lambda=3"]["relative_difference"] < 1e-9
+
+
+def test_bench_extras_without_torch_times_and_sizes(results):
+    bench_extras = load("bench_extras")
+    rows = bench_extras.time_all([12, 8, 8, 4], 6, repeats=1, steps=1, seed=0, with_torch=False)
+    assert set(rows) == {"jbp alone", "jbp in a step", "vmap(grad) alone"}
+    for framework in ("jbp alone", "jbp in a step"):
+        assert set(rows[framework]) == {"step", *bench_extras.JBP_QUANTITIES}
+        assert all(t > 0 for t in rows[framework].values())
+    memory = bench_extras.scratch_memory([12, 8, 8, 4], [4, 64], seed=0)
+    # vmap(grad)'s norms keep batch × parameters floats; jbp's come from the deltas and do not
+    parameters = 12 * 8 + 8 + 8 * 8 + 8 + 8 * 4 + 4
+    assert memory[1]["vmap(grad) per_example_grad_norms"] >= 64 * parameters * 4
+    assert memory[1]["jbp per_example_grad_norms"] < 64 * parameters * 4 / 4
+
+
+def test_bench_extras_agrees_with_backpack_where_it_is_installed(results):
+    pytest.importorskip("torch", reason="BackPACK's side needs the bench extra (PyTorch), not installed here")
+    pytest.importorskip("backpack", reason="BackPACK's side needs the bench extra, not installed here")
+    diffs = load("bench_extras").check_backpack([10, 7, 6, 3], 5, seed=1)
+    assert len(diffs) == 9 and max(diffs.values()) < 1e-9
