@@ -45,11 +45,12 @@ from jbp.quantities import (
     per_example_grad_gram,
     sum_grad_squared,
 )
-from jbp.train import FitResult, TrainingDiverged, evaluate, fit
+from jbp.train import FitResult, TrainingDiverged, confusion_matrix, evaluate, fit, predicted_classes
+from jbp.run import Run, load_run
 from jbp.explain import Explanation, explain
-from jbp import checkpoint, data
+from jbp import checkpoint, data, optimizers
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     # activations
@@ -108,12 +109,18 @@ __all__ = [
     # training
     "FitResult",
     "TrainingDiverged",
+    "confusion_matrix",
     "evaluate",
     "fit",
+    "predicted_classes",
+    # runs read back
+    "Run",
+    "load_run",
     # teaching
     "Explanation",
     "explain",
     # modules
     "checkpoint",
     "data",
+    "optimizers",
 ]

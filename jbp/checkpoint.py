@@ -65,7 +65,7 @@ class CheckpointError(FileFormatError):
 
 
 class Checkpoint(NamedTuple):
-    """What :func:`load` returns."""
+    """What :func:`load` returns; ``extras`` holds the extra trees asked for by name."""
 
     params: tuple[Dense, ...]
     opt_state: Any
@@ -73,6 +73,7 @@ class Checkpoint(NamedTuple):
     key: jax.Array
     config: dict
     history: list[dict]
+    extras: dict = {}
 
 
 def _is_key(leaf: Any) -> bool:
@@ -97,6 +98,7 @@ def save(
     key: jax.Array,
     config: dict,
     history: Sequence[dict] = (),
+    extras: "dict[str, Any] | None" = None,
 ) -> None:
     """Saves a training state atomically (see the module docstring).
 
@@ -107,6 +109,8 @@ def save(
       key: the run's ``jax.random.key``.
       config: a JSON-serializable description of the run.
       history: the per-epoch records so far (numbers, or lists of numbers).
+      extras: more state by name, each any pytree of arrays (the parameters
+        of the best epoch, feedback matrices that learn, …).
 
     Raises:
       ValueError: for a history or configuration that JSON cannot hold
@@ -120,12 +124,20 @@ def save(
         "config": config,
         "history": list(history),
     }
-    for tree_name, tree in (("params", tuple(params)), ("opt_state", opt_state)):
+    extras = dict(extras or {})
+    for name in extras:
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise ValueError(f"an extra's name must be an identifier, got {name!r}")
+    trees = [("params", tuple(params)), ("opt_state", opt_state)] + [(f"extra/{n}", t) for n, t in sorted(extras.items())]
+    for tree_name, tree in trees:
         described = []
         for i, leaf in enumerate(jax.tree.leaves(tree)):
             arrays[f"{tree_name}/{i}"], description = _stored(leaf)
             described.append(description)
-        meta[tree_name] = described
+        if tree_name.startswith("extra/"):
+            meta.setdefault("extras", {})[tree_name[len("extra/"):]] = described
+        else:
+            meta[tree_name] = described
     arrays["key"] = np.asarray(jax.random.key_data(key))
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True, allow_nan=False).encode(), np.uint8)
     payload = io.BytesIO()
@@ -207,8 +219,8 @@ def _check_meta(meta: Any, path: pathlib.Path) -> dict:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{where} must be a JSON object, got {type(meta).__name__}")
     expected = {"format", "epoch", "key_impl", "config", "history", *TREES}
-    if set(meta) != expected:
-        missing, extra = sorted(expected - set(meta)), sorted(set(meta) - expected)
+    if set(meta) - {"extras"} != expected:
+        missing, extra = sorted(expected - set(meta)), sorted(set(meta) - expected - {"extras"})
         raise CheckpointError(
             f"{where} has the wrong fields" + (f"; missing: {', '.join(missing)}" if missing else "")
             + (f"; unknown: {', '.join(extra)}" if extra else "")
@@ -225,8 +237,11 @@ def _check_meta(meta: Any, path: pathlib.Path) -> dict:
     if meta["history"] and meta["history"][-1]["epoch"] > meta["epoch"]:
         raise CheckpointError(f"{where}: the history reaches epoch {meta['history'][-1]['epoch']}, "
                               f"beyond the checkpoint's epoch {meta['epoch']}")
-    for tree in TREES:
-        leaves = meta[tree]
+    extras = meta.get("extras", {})
+    if not (isinstance(extras, dict) and all(isinstance(k, str) and k.isidentifier() for k in extras)):
+        raise CheckpointError(f"{where}: extras must map names to lists of [shape, dtype]")
+    for tree in list(TREES) + [f"extra/{name}" for name in extras]:
+        leaves = meta[tree] if tree in TREES else extras[tree[len("extra/"):]]
         if not isinstance(leaves, list):
             raise CheckpointError(f"{where}: {tree} must be a list of [shape, dtype], got {leaves!r:.80}")
         for i, leaf in enumerate(leaves):
@@ -290,6 +305,7 @@ def load(
     params_like: Sequence[Dense],
     opt_state_like: Any,
     limit: "int | str | None" = None,
+    extras_like: "dict[str, Any] | None" = None,
 ) -> Checkpoint:
     """Loads a checkpoint into the structure of a template run.
 
@@ -299,6 +315,8 @@ def load(
         values are not used, only their structure, shapes and dtypes).
       opt_state_like: the optimizer's state for ``params_like``, likewise.
       limit: the largest file accepted (:func:`jbp.files.max_bytes`).
+      extras_like: the extra trees wanted, by name, each as a template like
+        ``params_like`` (an extra the checkpoint lacks is refused).
 
     Returns:
       A :class:`Checkpoint`.
@@ -321,14 +339,16 @@ def load(
     except (ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: unreadable description: {err}") from None
     meta = _check_meta(meta, path)
-    names = ["meta", "key"] + [f"{tree}/{i}" for tree in TREES for i in range(len(meta[tree]))]
+    described = {tree: meta[tree] for tree in TREES}
+    described.update({f"extra/{name}": leaves for name, leaves in meta.get("extras", {}).items()})
+    names = ["meta", "key"] + [f"{tree}/{i}" for tree, leaves in described.items() for i in range(len(leaves))]
     arrays = _members(path, payload, names, limit, "refuse")
     missing = [name for name in names if name not in arrays]
     if missing:
         raise CheckpointError(f"{path} lacks members its description names: {', '.join(missing[:5])}")
     leaves = {
-        tree: [_leaf(arrays[f"{tree}/{i}"], d, f"{tree} array {i}", path) for i, d in enumerate(meta[tree])]
-        for tree in TREES
+        tree: [_leaf(arrays[f"{tree}/{i}"], d, f"{tree} array {i}", path) for i, d in enumerate(descriptions)]
+        for tree, descriptions in described.items()
     }
     expected_layers = [(tuple(layer.W.shape), tuple(layer.b.shape)) for layer in params_like]
     stored_params = leaves["params"]
@@ -351,7 +371,12 @@ def load(
     if key_data.dtype != np.uint32 or key_data.shape != KEY_IMPLS[meta["key_impl"]]:
         raise CheckpointError(f"{path}: the run's key is {key_data.shape} {key_data.dtype}, not {meta['key_impl']} key data")
     key = jax.random.wrap_key_data(key_data, impl=meta["key_impl"])
-    return Checkpoint(params, opt_state, meta["epoch"], key, meta["config"], meta["history"])
+    extras = {}
+    for name, like in (extras_like or {}).items():
+        if f"extra/{name}" not in leaves:
+            raise CheckpointError(f"{path} holds no {name!r} (a run started with other options?)")
+        extras[name] = _restore(name, leaves[f"extra/{name}"], like, path)
+    return Checkpoint(params, opt_state, meta["epoch"], key, meta["config"], meta["history"], extras)
 
 
 def save_params(path: "str | os.PathLike", params: Sequence[Dense]) -> None:

@@ -193,7 +193,7 @@ def temporary_files(folder: "str | os.PathLike", names: Iterable[str]) -> list[p
 # --- .npz archives: named members, each a .npy array, read within the limit.
 
 
-def _npy_header(stream: IO[bytes], path: Any, name: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+def _npy_header(stream: IO[bytes], path: Any, name: str, kinds: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """Reads a .npy header (magic, version, dictionary); returns shape, order, dtype and its length."""
     try:
         version = np.lib.format.read_magic(stream)
@@ -205,9 +205,10 @@ def _npy_header(stream: IO[bytes], path: Any, name: str) -> tuple[tuple[int, ...
             raise ValueError(f"unknown .npy version {version}")
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise FileFormatError(f"{path}: member {name!r} is not a readable .npy array: {err}") from None
-    if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
+    if dtype.hasobject or dtype.kind not in kinds or dtype.fields is not None:
+        wanted = "numbers" if kinds == "biuf" else "numbers or fixed-width strings"
         raise FileFormatError(
-            f"{path}: member {name!r} holds {dtype} values; only numbers are read (nothing is unpickled)"
+            f"{path}: member {name!r} holds {dtype} values; only {wanted} are read (nothing is unpickled)"
         )
     return tuple(int(d) for d in shape), bool(fortran), dtype, stream.tell()
 
@@ -245,6 +246,7 @@ def read_npz(
     limit: "int | None" = None,
     unknown: str = "ignore",
     label: Any = None,
+    kinds: str = "biuf",
 ) -> dict[str, np.ndarray]:
     """Reads the named arrays of an ``.npz`` archive, and nothing else.
 
@@ -256,6 +258,8 @@ def read_npz(
       unknown: ``"ignore"`` (members not asked for are left unread) or
         ``"refuse"`` (their presence is an error).
       label: how to name the file in messages (default: ``path``).
+      kinds: the dtype kinds accepted (NumPy's codes): numbers by default;
+        add ``U`` for fixed-width unicode labels. Object arrays never.
 
     Returns:
       ``{name: array}`` for the names found.
@@ -283,7 +287,7 @@ def read_npz(
                 raise too_large(label, f"member {name!r}", info.file_size, limit)
             try:
                 with archive.open(info) as stream:
-                    shape, fortran, dtype, offset = _npy_header(stream, label, name)
+                    shape, fortran, dtype, offset = _npy_header(stream, label, name, kinds)
                     nbytes = math.prod(shape) * dtype.itemsize
                     if offset + nbytes != info.file_size:
                         raise FileFormatError(

@@ -1,4 +1,4 @@
-"""A run's folder: one owner, only its own files touched.
+"""A run's folder: one owner, only its own files touched; and a run read back.
 
 A run writes into a folder it owns. A new run takes a folder that does not
 exist yet or is empty (the default is a fresh ``runs/DATA-TIME`` with a
@@ -20,10 +20,17 @@ a name in :data:`FILES`).
 import datetime
 import errno
 import fcntl
+import json
+import math
 import os
 import pathlib
+from typing import Any, NamedTuple
 
-from jbp.files import temporary_files
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jbp.files import FileFormatError, read_into, regular_file, temporary_files
 
 FILES = ("config.json", "metrics.jsonl", "checkpoint.ckpt", "params.npz", "summary.json", "plot.png", "preprocessing.json")
 """The files a run writes in its folder."""
@@ -31,7 +38,7 @@ FILES = ("config.json", "metrics.jsonl", "checkpoint.ckpt", "params.npz", "summa
 LOCK = ".jbp.lock"
 
 
-class RunFolderError(ValueError):
+class RunFolderError(FileFormatError):
     """A folder that a run cannot own: not a folder, not empty, in use, or not a run."""
 
 
@@ -173,3 +180,256 @@ def _fresh_folder(parent: pathlib.Path, stem: str) -> pathlib.Path:
         except FileExistsError:
             continue
     raise RunFolderError(f"{parent}: no free folder name after {base}-9999")
+
+
+# --- a run's configuration, the objects it describes, and reading a whole run back
+
+CONFIG_DEFAULTS = {
+    # keys added after the first release, with the value that reproduces a run written before them
+    "standardize": None, "target": None, "header": None, "schedule": "constant", "warmup_epochs": 1.0,
+    "decay_rate": 0.9, "momentum": None, "nesterov": False, "weight_decay": 0.0, "clip_norm": None,
+    "patience": None, "steps_per_epoch": None, "schedule_epochs": None, "dtype": "float32",
+}
+CONFIG_KEYS = ("sizes", "hidden", "output", "loss", "optimizer", "lr", "l2", "epochs", "batch_size", "seed", "data",
+               "drop_last", *CONFIG_DEFAULTS)
+SEED_LIMIT = 2**64
+DTYPES = ("float32", "float64")
+CONFIG_LIMIT = 1 << 20  # config.json is a few hundred bytes; a megabyte is more than any honest one
+
+
+def check_config(config: Any, where: str) -> dict:
+    """The schema of a run's configuration: every key, its type and range.
+
+    Keys that a run written by an earlier jbp lacks are filled with the value
+    that reproduces it (:data:`CONFIG_DEFAULTS`).
+
+    Raises:
+      FileFormatError: naming ``where`` and the first key that is wrong.
+    """
+    from jbp.activations import ACTIVATIONS
+    from jbp.losses import LOSSES
+    from jbp.optimizers import SCHEDULES, names
+
+    if not isinstance(config, dict):
+        raise FileFormatError(f"{where} must be a JSON object, got {type(config).__name__}")
+    config = {**CONFIG_DEFAULTS, **config}
+    if set(config) != set(CONFIG_KEYS):
+        missing, extra = sorted(set(CONFIG_KEYS) - set(config)), sorted(set(config) - set(CONFIG_KEYS))
+        raise FileFormatError(
+            f"{where} has the wrong keys" + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; unknown: {', '.join(extra)}" if extra else "")
+        )
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    optional = lambda ok: (lambda v: v is None or ok(v))  # noqa: E731
+    checks = {
+        "sizes": (lambda v: isinstance(v, list) and len(v) >= 2 and all(whole(s) and s >= 1 for s in v), "at least two positive widths"),
+        "hidden": (lambda v: isinstance(v, list) and len(v) >= 1 and all(h in ACTIVATIONS for h in v), "a list of activation names"),
+        "output": (lambda v: v in ACTIVATIONS, "an activation name"),
+        "loss": (lambda v: v in LOSSES, "a loss name"),
+        "optimizer": (lambda v: v in names(), "an optax optimizer's name"),
+        "lr": (lambda v: number(v) and v > 0, "a finite number > 0"),
+        "l2": (lambda v: number(v) and v >= 0, "a finite number ≥ 0"),
+        "epochs": (lambda v: whole(v) and v >= 1, "a positive whole number"),
+        "batch_size": (lambda v: whole(v) and v >= 1, "a positive whole number"),
+        "seed": (lambda v: whole(v) and 0 <= v < SEED_LIMIT, "a whole number in [0, 2^64)"),
+        "data": (lambda v: isinstance(v, str) and v != "", "a data set's name"),
+        "drop_last": (lambda v: isinstance(v, bool), "true or false"),
+        "standardize": (optional(lambda v: isinstance(v, bool)), "true, false or null"),
+        "target": (optional(lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)), "a column's name or index, or null"),
+        "header": (optional(lambda v: isinstance(v, bool)), "true, false or null"),
+        "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+        "warmup_epochs": (lambda v: number(v) and v >= 0, "a finite number ≥ 0"),
+        "decay_rate": (lambda v: number(v) and v > 0, "a finite number > 0"),
+        "momentum": (optional(lambda v: number(v) and 0 <= v < 1), "a number in [0, 1), or null"),
+        "nesterov": (lambda v: isinstance(v, bool), "true or false"),
+        "weight_decay": (lambda v: number(v) and v >= 0, "a finite number ≥ 0"),
+        "clip_norm": (optional(lambda v: number(v) and v > 0), "a finite number > 0, or null"),
+        "patience": (optional(lambda v: whole(v) and v >= 1), "a positive whole number, or null"),
+        "steps_per_epoch": (optional(lambda v: whole(v) and v >= 1), "a positive whole number, or null"),
+        "schedule_epochs": (optional(lambda v: whole(v) and v >= 1), "a positive whole number, or null"),
+        "dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+    }
+    for key, (ok, expected) in checks.items():
+        if not ok(config[key]):
+            raise FileFormatError(f"{where}: {key} must be {expected}, got {config[key]!r:.80}")
+    hidden, n_hidden = config["hidden"], len(config["sizes"]) - 2
+    if len(hidden) != 1 and len(hidden) != n_hidden:
+        raise FileFormatError(f"{where}: hidden names {len(hidden)} activations for {n_hidden} hidden layers")
+    return config
+
+
+def read_config(path: "str | os.PathLike") -> dict:
+    """A run's ``config.json``, read as untrusted bytes and checked (:func:`check_config`)."""
+    path = regular_file(path, "config.json")
+    size = path.stat().st_size
+    if size > CONFIG_LIMIT:
+        raise FileFormatError(f"{path} is {size} bytes; a run's configuration is far smaller (edited by hand?)")
+    with open(path, "rb") as f:
+        raw = read_into(f, size, path, "config.json").tobytes()
+    try:
+        config = json.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FileFormatError(f"{path} is not valid JSON: {err}") from None
+    return check_config(config, str(path))
+
+
+def key_from_seed(value: int) -> jax.Array:
+    """A ``threefry`` key holding all 64 bits of the seed.
+
+    ``jax.random.key(seed)`` keeps only the low 32 bits of a seed unless
+    ``jax_enable_x64`` is on, so seeds ``5`` and ``2^32 + 5`` would give the
+    same run; here both halves are kept. For seeds below ``2^32`` this is
+    exactly ``jax.random.key(seed)``."""
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"a seed must lie in [0, 2^64), got {value}")
+    return jax.random.wrap_key_data(np.array([value >> 32, value & 0xFFFFFFFF], np.uint32), impl="threefry2x32")
+
+
+def hidden_per_layer(config: dict) -> list[str]:
+    hidden, n_hidden = config["hidden"], len(config["sizes"]) - 2
+    return list(hidden) * n_hidden if len(hidden) == 1 else list(hidden)
+
+
+class Built(NamedTuple):
+    """The objects a configuration describes."""
+
+    net: Any
+    loss: Any
+    optimizer: Any
+    init_key: jax.Array
+    shuffle_key: jax.Array
+    dtype: Any
+
+    def init(self):
+        """The run's initial parameters, in its dtype."""
+        from jbp.network import init
+
+        return init(self.net, self.init_key, dtype=self.dtype)
+
+
+def build(config: dict) -> Built:
+    """The network, loss, optimizer and keys a run's configuration describes, exactly as the run
+    that wrote it built them (the optimizer with its schedule, momentum, decay and clipping)."""
+    from jbp import optimizers
+    from jbp.losses import get_loss
+    from jbp.network import mlp
+
+    net = mlp(config["sizes"], hidden=hidden_per_layer(config), output=config["output"])
+    key = key_from_seed(config["seed"])
+    init_key, shuffle_key = jax.random.split(key)
+    optimizer = optimizers.make(
+        config["optimizer"], config["lr"], epochs=config["schedule_epochs"] or config["epochs"],
+        steps_per_epoch=config["steps_per_epoch"] or 1, schedule_name=config["schedule"],
+        warmup_epochs=config["warmup_epochs"], decay_rate=config["decay_rate"], momentum=config["momentum"],
+        nesterov=config["nesterov"], weight_decay=config["weight_decay"], clip_norm=config["clip_norm"],
+        key=jax.random.fold_in(key, 2),
+    )
+    if config["dtype"] == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("this run is float64: turn on jax_enable_x64 to load or continue it")
+    return Built(net, get_loss(config["loss"]), optimizer, init_key, shuffle_key, jnp.dtype(config["dtype"]))
+
+
+class Run(NamedTuple):
+    """A finished or stopped run, read back (:func:`load_run`).
+
+    Attributes:
+      net, loss, optimizer: as the run built them from its configuration.
+      params: the run's answer: ``params.npz`` (with early stopping, the
+        best epoch's), or the last checkpoint's when there is no params.npz.
+      config: the configuration (``config.json``), checked.
+      history: one record per epoch, from the checkpoint.
+      preprocessing: how raw inputs and labels become what the network saw.
+      checkpoint: the training state to continue from (parameters, optimizer
+        state, epoch, key, history; the best epoch's parameters in ``extras``
+        with early stopping).
+      path: the run's folder.
+    """
+
+    net: Any
+    loss: Any
+    optimizer: Any
+    params: tuple
+    config: dict
+    history: list
+    preprocessing: Any
+    checkpoint: Any
+    path: pathlib.Path
+
+    def fit_arguments(self, epochs: int) -> dict:
+        """The keyword arguments that make :func:`jbp.fit` continue this run up to ``epochs``
+        in all, as ``jbp train --resume`` does (pass ``X``, ``Y`` and ``validation`` besides)."""
+        arguments = dict(
+            loss=self.loss, optimizer=self.optimizer, epochs=epochs, batch_size=self.config["batch_size"],
+            key=self.checkpoint.key, l2=self.config["l2"], drop_last=self.config["drop_last"],
+            opt_state=self.checkpoint.opt_state, start_epoch=self.checkpoint.epoch, history=self.checkpoint.history,
+        )
+        if self.config["patience"] is not None:
+            arguments.update(patience=self.config["patience"], best_params=self.checkpoint.extras["best_params"])
+        return arguments
+
+
+def read_preprocessing(path: "str | os.PathLike"):
+    """A run's ``preprocessing.json``, read as untrusted bytes and checked."""
+    from jbp.data.preprocessing import Preprocessing
+
+    path = regular_file(path, "preprocessing.json")
+    size = path.stat().st_size
+    if size > 256 * CONFIG_LIMIT:
+        raise FileFormatError(f"{path} is {size} bytes, more than any preprocessing jbp writes")
+    with open(path, "rb") as f:
+        raw = read_into(f, size, path, "preprocessing.json").tobytes()
+    try:
+        value = json.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FileFormatError(f"{path} is not valid JSON: {err}") from None
+    return Preprocessing.from_json(value, str(path))
+
+
+def load_run(path: "str | os.PathLike", limit: "int | str | None" = None) -> Run:
+    """Reads a run's folder back: the objects :func:`jbp.fit` works with, every file checked.
+
+    Args:
+      path: the folder ``jbp train`` wrote.
+      limit: the largest file read (:func:`jbp.files.max_bytes`).
+
+    Returns:
+      A :class:`Run`.
+
+    Raises:
+      FileNotFoundError: for a folder with no checkpoint or configuration.
+      FileFormatError: (a ``ValueError``) for any file that is not what the
+        run wrote, naming it.
+
+    Example (continuing a run to 60 epochs)::
+
+        run = jbp.load_run("runs/digits-20261123-120000")
+        data = jbp.data.load(run.config["data"])
+        result = jbp.fit(run.net, run.checkpoint.params, data.train.X, data.train.Y,
+                         validation=(data.validation.X, data.validation.Y), **run.fit_arguments(60))
+    """
+    from jbp import checkpoint as ckpt
+
+    folder = pathlib.Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no run at {folder}" if not folder.exists() else f"{folder} is a file, not a run's folder")
+    config = read_config(folder / "config.json")
+    built = build(config)
+    template = built.init()
+    extras_like = {"best_params": template} if config["patience"] is not None else None
+    state = ckpt.load(folder / "checkpoint.ckpt", params_like=template, opt_state_like=built.optimizer.init(template),
+                      limit=limit, extras_like=extras_like)
+    params = state.params
+    if (folder / "params.npz").exists():
+        params = ckpt.load_params(folder / "params.npz", limit=limit)
+        shapes = [(layer.W.shape, layer.b.shape) for layer in template]
+        if [(layer.W.shape, layer.b.shape) for layer in params] != shapes:
+            raise FileFormatError(f"{folder / 'params.npz'} does not fit the network of {folder / 'config.json'}")
+    if (folder / "preprocessing.json").exists():
+        preprocessing = read_preprocessing(folder / "preprocessing.json")
+    else:  # a run written before preprocessing was kept: rebuild it from the data
+        from jbp import data
+
+        preprocessing = data.load(config["data"], limit, standardize=config["standardize"], target=config["target"],
+                                  header=config["header"]).preprocessing
+    return Run(built.net, built.loss, built.optimizer, params, config, state.history, preprocessing, state, folder)

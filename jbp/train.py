@@ -16,6 +16,7 @@ of ``J = (1/n) Σ C + (λ/2n) Σ ‖W‖²`` (the weight decay of Nielsen's
 ``network2.py``, ``(1 - ηλ/n) w``).
 """
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -38,14 +39,19 @@ class FitResult(NamedTuple):
     """What :func:`fit` returns.
 
     Attributes:
-      params: the trained parameters.
+      params: the trained parameters (with early stopping, those of the best epoch).
       opt_state: the optimizer's state after the last step.
       history: one dict per epoch (see :func:`fit`).
+      best_epoch: with early stopping, the epoch whose validation loss was
+        lowest (its parameters are ``params``); ``None`` without.
+      stopped_early: whether early stopping ended the run before ``epochs``.
     """
 
     params: tuple[Dense, ...]
     opt_state: Any
     history: list[dict]
+    best_epoch: "int | None" = None
+    stopped_early: bool = False
 
 
 class TrainingDiverged(FloatingPointError):
@@ -65,6 +71,39 @@ def targets_are_classes(Y: Any) -> bool:
     if not np.all((Y == 0) | (Y == 1)):
         return False
     return Y.shape[1] == 1 or bool(np.all(Y.sum(axis=1) == 1))
+
+
+def predicted_classes(outputs: Array) -> Array:
+    """The class each row of outputs ``(m, n_L)`` predicts: the largest output, or ``a > ½`` for one output."""
+    outputs = jnp.asarray(outputs)
+    if outputs.shape[1] == 1:
+        return (outputs[:, 0] > 0.5).astype(jnp.int32)
+    return jnp.argmax(outputs, axis=1)
+
+
+def confusion_matrix(net: MLP, params: Sequence[Dense], X: Array, labels: Array, n_classes: int,
+                     chunk: int = 4096) -> np.ndarray:
+    """Counts ``C[t, p]`` of samples of class ``t`` predicted as ``p``, from class indices ``labels``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jbp
+      >>> net = jbp.mlp([2, 3, 2], output=jbp.softmax)
+      >>> params = jbp.init(net, jax.random.key(0))
+      >>> int(jbp.confusion_matrix(net, params, jnp.ones((5, 2)), jnp.array([0, 1, 0, 1, 1]), 2).sum())
+      5
+    """
+    from jbp.batch import predict
+
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(X) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be one class index per row of X ({len(X)}), got {labels.dtype} {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes})")
+    counts = np.zeros((n_classes, n_classes), np.int64)
+    for start in range(0, len(X), chunk):
+        guess = np.asarray(predicted_classes(predict(net, params, X[start : start + chunk])))
+        np.add.at(counts, (labels[start : start + chunk], guess), 1)
+    return counts
 
 
 def _correct(outputs: Array, Y: Array) -> Array:
@@ -194,6 +233,8 @@ def fit(
     history: Sequence[dict] = (),
     on_epoch: "Callable[[dict, tuple[Dense, ...], Any], None] | None" = None,
     progress: bool = False,
+    patience: "int | None" = None,
+    best_params: "Sequence[Dense] | None" = None,
 ) -> FitResult:
     """Trains a network with an optax optimizer on minibatches.
 
@@ -213,6 +254,13 @@ def fit(
       opt_state, start_epoch, history: where a resumed run left off.
       on_epoch: called after every epoch with ``(record, params, opt_state)``.
       progress: show a tqdm bar over the epochs with the latest loss.
+      patience: early stopping: stop when the validation loss has not gone
+        below its best for this many epochs, and return the parameters of
+        the best epoch (needs ``validation``). Each record then holds
+        ``best_epoch``, the best epoch so far.
+      best_params: for a resumed run with ``patience``, the parameters of its
+        best epoch so far (the best epoch and its loss are read from
+        ``history``).
 
     Returns:
       A :class:`FitResult`. Each history record has ``epoch`` (from 1),
@@ -252,6 +300,11 @@ def fit(
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
     if validation is not None:
         validation = check_batch(net, params, *validation, loss)
+    if patience is not None:
+        patience = _check_count("patience", patience, 1)
+        if validation is None:
+            raise ValueError("early stopping (patience) watches the validation loss: pass validation=(X_val, Y_val)")
+    best = _best_so_far(history, best_params, params) if patience is not None else None
     params = tuple(params)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     history = list(history)
@@ -293,17 +346,39 @@ def fit(
                     "(inputs or weights too large for the dtype?); that epoch is not recorded",
                     epoch + 1, len(costs), params, opt_state, history,
                 )
+            if best is not None:
+                if best["epoch"] is None or record["val_loss"] < best["val_loss"]:
+                    best.update(epoch=epoch + 1, val_loss=record["val_loss"], params=params)
+                record["best_epoch"] = best["epoch"]
             record["seconds"] = time.perf_counter() - started
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record, params, opt_state)
             if bar is not None:
-                bar.set_postfix(loss=f"{record['running_loss']:.4g}", refresh=False)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in BAR_METRICS}, refresh=False)
                 bar.update(1)
+            if best is not None and epoch + 1 - best["epoch"] >= patience and epoch + 1 < epochs:
+                return FitResult(best["params"], opt_state, history, best["epoch"], True)
     finally:
         if bar is not None:
             bar.close()
+    if best is not None:
+        return FitResult(best["params"], opt_state, history, best["epoch"], False)
     return FitResult(params, opt_state, history)
+
+
+BAR_METRICS = ("running_loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _best_so_far(history: Sequence[dict], best_params: "Sequence[Dense] | None", params) -> dict:
+    """The best epoch of a resumed history (lowest val_loss, the earliest of ties) and its parameters."""
+    scored = [r for r in history if "val_loss" in r]
+    if not scored:
+        return {"epoch": None, "val_loss": np.inf, "params": params}
+    if best_params is None:
+        raise ValueError("a resumed run with early stopping needs the parameters of its best epoch: pass best_params")
+    record = min(scored, key=lambda r: (r["val_loss"], r["epoch"]))
+    return {"epoch": record["epoch"], "val_loss": record["val_loss"], "params": tuple(best_params)}
 
 
 def _progress_bar(start: int, total: int):
@@ -313,4 +388,4 @@ def _progress_bar(start: int, total: int):
         raise ImportError(
             "the progress bar needs tqdm: pip install 'jbp[progress]'"
         ) from None
-    return tqdm(total=total, initial=start, unit="epoch", dynamic_ncols=True)
+    return tqdm(total=total, initial=start, unit="epoch", dynamic_ncols=True, file=sys.stderr)

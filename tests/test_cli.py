@@ -31,7 +31,8 @@ def test_defaults_reach_97_percent_on_the_bundled_digits(default_run):
 
 def test_the_output_folder_holds_everything(default_run):
     assert sorted(p.name for p in default_run.iterdir()) == [
-        ".jbp.lock", "checkpoint.ckpt", "config.json", "metrics.jsonl", "params.npz", "plot.png", "summary.json"
+        ".jbp.lock", "checkpoint.ckpt", "config.json", "metrics.jsonl", "params.npz", "plot.png", "preprocessing.json",
+        "summary.json",
     ]
     lines = (default_run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 41))

@@ -1,7 +1,8 @@
-"""The ``jbp`` command: ``train``, ``mazur``, ``gradcheck`` and ``bench``.
+"""The ``jbp`` command: ``train``, ``evaluate``, ``predict``, ``mazur``, ``gradcheck`` and ``bench``.
 
-One module per subcommand (:mod:`jbp.cli.train`, :mod:`jbp.cli.gradcheck`,
-:mod:`jbp.cli.bench`); what they share is in :mod:`jbp.cli.options`.
+One module per subcommand (:mod:`jbp.cli.train`, :mod:`jbp.cli.evaluate`,
+:mod:`jbp.cli.predict`, :mod:`jbp.cli.gradcheck`, :mod:`jbp.cli.bench`);
+what they share is in :mod:`jbp.cli.options`.
 
 Every failure ends with one line on standard error naming the problem, and a
 status: 2 for bad options or input (a file that is not what it should be
@@ -15,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from jbp.cli import bench, gradcheck, train
+from jbp.cli import bench, evaluate, gradcheck, predict, train
 from jbp.cli.options import Parser, make_optimizer, optimizers
 
 __all__ = ["build_parser", "main", "make_optimizer", "optimizers"]
@@ -29,6 +30,8 @@ def build_parser() -> Parser:
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks (also JBP_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train.add_parser(commands)
+    evaluate.add_parser(commands)
+    predict.add_parser(commands)
     mazur = commands.add_parser("mazur", help="Mazur's step-by-step example, every number against the article")
     mazur.set_defaults(run=_mazur)
     gradcheck.add_parser(commands)

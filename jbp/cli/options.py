@@ -2,7 +2,6 @@
 optimizers by name, seeds as keys, and the memory a network will need."""
 
 import argparse
-import inspect
 import math
 import os
 from collections.abc import Sequence
@@ -14,9 +13,9 @@ import optax
 
 from jbp.activations import ACTIVATIONS
 from jbp.files import parse_size
-
-EXCLUDED_OPTIMIZERS = {"lbfgs", "scale_by_learning_rate", "scale_by_rprop"}
-SEED_LIMIT = 2**64
+from jbp.network import Dense
+from jbp.optimizers import make, names as optimizer_names
+from jbp.run import SEED_LIMIT, key_from_seed  # noqa: F401 (the seed's key, for the subcommands)
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,32 +32,13 @@ class Parser(argparse.ArgumentParser):
 
 def optimizers() -> list[str]:
     """optax's optimizers that take a learning rate first and need nothing else."""
-    names = []
-    for name in sorted(dir(optax)):
-        fn = getattr(optax, name)
-        if name.startswith("_") or name in EXCLUDED_OPTIMIZERS or not inspect.isfunction(fn):
-            continue
-        params = list(inspect.signature(fn).parameters.values())
-        if params and params[0].name == "learning_rate" and all(
-            p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-            for p in params[1:]
-        ):
-            names.append(name)
-    return names
+    return optimizer_names()
 
 
 def make_optimizer(name: str, learning_rate: float, key: "jax.Array | None" = None) -> optax.GradientTransformation:
-    """``optax.<name>(learning_rate)``, for a name from :func:`optimizers`.
-
-    An optimizer that draws random numbers (``noisy_sgd``) gets ``key``, so a
-    run's noise follows its seed."""
-    known = optimizers()
-    if name not in known:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(known)}")
-    factory = getattr(optax, name)
-    if key is not None and "key" in inspect.signature(factory).parameters:
-        return factory(learning_rate, key=key)
-    return factory(learning_rate)
+    """``optax.<name>(learning_rate)`` for a name from :func:`optimizers` (an optimizer that draws
+    random numbers, ``noisy_sgd``, gets ``key``)."""
+    return make(name, learning_rate, key=key)
 
 
 def positive_int(text: str) -> int:
@@ -82,6 +62,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """A number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """A finite number ≥ 0."""
     try:
@@ -102,18 +93,6 @@ def seed(text: str) -> int:
     if not 0 <= value < SEED_LIMIT:
         raise argparse.ArgumentTypeError(f"must lie in [0, 2^64), got {text}")
     return value
-
-
-def key_from_seed(value: int) -> jax.Array:
-    """A ``threefry`` key holding all 64 bits of the seed.
-
-    ``jax.random.key(seed)`` keeps only the low 32 bits of a seed unless
-    ``jax_enable_x64`` is on, so seeds ``5`` and ``2^32 + 5`` would give the
-    same run; here both halves are kept. For seeds below ``2^32`` this is
-    exactly ``jax.random.key(seed)``."""
-    if not 0 <= value < SEED_LIMIT:
-        raise ValueError(f"a seed must lie in [0, 2^64), got {value}")
-    return jax.random.wrap_key_data(np.array([value >> 32, value & 0xFFFFFFFF], np.uint32), impl="threefry2x32")
 
 
 def size(text: str) -> int:
@@ -191,7 +170,7 @@ def check_memory(widths: Sequence[int], optimizer: "optax.GradientTransformation
     state = 0
     if optimizer is not None and count * itemsize < available_memory():
         shapes = tuple(
-            (jax.ShapeDtypeStruct((n_out, n_in), dtype), jax.ShapeDtypeStruct((n_out,), dtype))
+            Dense(jax.ShapeDtypeStruct((n_out, n_in), dtype), jax.ShapeDtypeStruct((n_out,), dtype))
             for n_in, n_out in zip(widths[:-1], widths[1:])
         )
         state = sum(

@@ -18,34 +18,32 @@ done saved.
 import argparse
 import errno
 import json
-import math
 import pathlib
 import sys
 from collections.abc import Sequence
 
-import jax
-
 from jbp import checkpoint as ckpt
 from jbp import data as datasets
-from jbp.activations import ACTIVATIONS, get_activation
+from jbp.activations import ACTIVATIONS
 from jbp.cli import options
-from jbp.files import FileFormatError, atomic_write, max_bytes, read_into, regular_file
+from jbp.files import FileFormatError, atomic_write, max_bytes
 from jbp.losses import LOSSES
-from jbp.network import init, mlp
-from jbp.run import RunFolder
+from jbp.optimizers import SCHEDULES, names as optimizer_names
+from jbp.run import CONFIG_KEYS, RunFolder, build, check_config, read_config
 from jbp.train import TrainingDiverged, evaluate, fit
 
 TRAIN_DEFAULTS = {
     "hidden": ["relu"], "optimizer": "adam", "lr": 0.001, "l2": 0.0, "epochs": 40,
-    "batch_size": 32, "seed": 0, "data": "digits", "drop_last": False,
+    "batch_size": 32, "seed": 0, "data": "digits", "drop_last": False, "schedule": "constant",
+    "warmup_epochs": 1.0, "decay_rate": 0.9, "nesterov": False, "weight_decay": 0.0,
 }
-# Where a data set wants other defaults: XOR's four points, one output.
+# Where a data set wants other defaults: XOR's four points, one output; Fashion-MNIST's 60,000 images.
 DATA_DEFAULTS = {
     "xor": {"sizes": [2, 4, 1], "hidden": ["tanh"], "lr": 0.1, "epochs": 300, "batch_size": 4},
+    "fashion-mnist": {"sizes": [784, 256, 128, 10], "epochs": 12, "batch_size": 64, "schedule": "cosine"},
 }
 HIDDEN_WIDTH = 128
-CONFIG_KEYS = ("sizes", "hidden", "output", "loss", "optimizer", "lr", "l2", "epochs", "batch_size", "seed", "data", "drop_last")
-CONFIG_LIMIT = 1 << 20  # config.json is a few hundred bytes; a megabyte is more than any honest one
+OPTION_KEYS = tuple(k for k in CONFIG_KEYS if k not in ("steps_per_epoch", "schedule_epochs", "dtype"))
 
 
 def add_parser(commands) -> None:
@@ -58,17 +56,33 @@ def add_parser(commands) -> None:
         hidden="relu; xor: tanh", output=f"softmax{one_output}sigmoid",
         loss=f"softmax_cross_entropy{one_output}binary_cross_entropy",
     )
-    train.add_argument("--optimizer", type=options.choice("optimizer", options.optimizers()),
+    train.add_argument("--optimizer", type=options.choice("optimizer", optimizer_names()),
                        help="any optax optimizer by name (default adam)")
     train.add_argument("--lr", type=options.positive_float, help="learning rate, finite and > 0 (default 0.001; xor: 0.1)")
+    train.add_argument("--schedule", type=options.choice("schedule", SCHEDULES),
+                       help=f"learning-rate schedule from optax: {', '.join(SCHEDULES)} (default constant; fashion-mnist: cosine)")
+    train.add_argument("--warmup-epochs", type=options.non_negative_float, help="warm-up of warmup-cosine, in epochs (default 1)")
+    train.add_argument("--decay-rate", type=options.positive_float, help="factor per epoch of the exponential schedule (default 0.9)")
+    train.add_argument("--momentum", type=options.unit_interval, help="momentum of sgd, in [0, 1)")
+    train.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum (sgd)")
+    train.add_argument("--weight-decay", type=options.non_negative_float,
+                       help="weight decay on the weights (the optimizer's own where it has one, e.g. adamw) (default 0)")
+    train.add_argument("--clip-norm", type=options.positive_float, help="clip each step's gradient to this global norm")
+    train.add_argument("--patience", type=options.positive_int,
+                       help="early stopping: stop when the validation loss has not improved for this many epochs, "
+                            "and keep the best epoch's parameters")
     train.add_argument("--epochs", type=options.positive_int, help="epochs in all, counting those of a resumed run (default 40; xor: 300)")
     train.add_argument("--batch-size", type=options.positive_int, help="samples per step (default 32; xor: 4)")
     train.add_argument("--drop-last", action="store_true", default=None, help="skip each epoch's last, smaller minibatch")
-    train.add_argument("--data", help="digits, xor, or mnist:FOLDER (IDX files or mnist.npz) (default digits)")
-    train.add_argument("--out", type=pathlib.Path,
-                       help="output folder, new or empty (default: a new runs/DATA-TIME)")
+    train.add_argument("--data", help=f"{', '.join(datasets.DATASETS)} (default digits)")
+    train.add_argument("--target", help="csv: the label column, a header name or an index from 0 (default: the last)")
+    train.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                       help="csv: whether the first row names the columns (default: guessed)")
+    train.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                       help="centre and scale every feature by the training part's statistics (default: on for digits, off otherwise)")
+    train.add_argument("--out", type=pathlib.Path, help="output folder, new or empty (default: a new runs/DATA-TIME)")
     train.add_argument("--resume", type=pathlib.Path, metavar="DIR", help="continue the run saved in DIR")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal: one line per epoch")
     train.add_argument("--max-bytes", type=options.size, metavar="SIZE",
                        help="largest file or archive member read, e.g. 4G (default 2G, or $JBP_MAX_BYTES)")
     train.set_defaults(run=train_command)
@@ -91,82 +105,46 @@ def fail(message: str, status: int = 2) -> int:
     return status
 
 
-def _check_config(config, where: str) -> dict:
-    """The schema of a run's configuration: every key, its type and range."""
-    if not isinstance(config, dict):
-        raise FileFormatError(f"{where} must be a JSON object, got {type(config).__name__}")
-    if set(config) != set(CONFIG_KEYS):
-        missing, extra = sorted(set(CONFIG_KEYS) - set(config)), sorted(set(config) - set(CONFIG_KEYS))
-        raise FileFormatError(
-            f"{where} has the wrong keys" + (f"; missing: {', '.join(missing)}" if missing else "")
-            + (f"; unknown: {', '.join(extra)}" if extra else "")
-        )
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-    checks = {
-        "sizes": (lambda v: isinstance(v, list) and len(v) >= 2 and all(whole(s) and s >= 1 for s in v), "at least two positive widths"),
-        "hidden": (lambda v: isinstance(v, list) and len(v) >= 1 and all(h in ACTIVATIONS for h in v), "a list of activation names"),
-        "output": (lambda v: v in ACTIVATIONS, "an activation name"),
-        "loss": (lambda v: v in LOSSES, "a loss name"),
-        "optimizer": (lambda v: v in options.optimizers(), "an optax optimizer's name"),
-        "lr": (lambda v: number(v) and v > 0, "a finite number > 0"),
-        "l2": (lambda v: number(v) and v >= 0, "a finite number ≥ 0"),
-        "epochs": (lambda v: whole(v) and v >= 1, "a positive whole number"),
-        "batch_size": (lambda v: whole(v) and v >= 1, "a positive whole number"),
-        "seed": (lambda v: whole(v) and 0 <= v < options.SEED_LIMIT, "a whole number in [0, 2^64)"),
-        "data": (lambda v: isinstance(v, str) and v != "", "a data set's name"),
-        "drop_last": (lambda v: isinstance(v, bool), "true or false"),
-    }
-    for key, (ok, expected) in checks.items():
-        if not ok(config[key]):
-            raise FileFormatError(f"{where}: {key} must be {expected}, got {config[key]!r:.80}")
-    options.per_layer(config["hidden"], config["sizes"])
-    return config
+def load_data(config: dict, limit) -> "datasets.Dataset":
+    return datasets.load(config["data"], limit, standardize=config["standardize"], target=config["target"],
+                         header=config["header"])
 
 
-def _read_config(path: pathlib.Path) -> dict:
-    path = regular_file(path, "config.json")
-    size = path.stat().st_size
-    if size > CONFIG_LIMIT:
-        raise FileFormatError(f"{path} is {size} bytes; a run's configuration is far smaller (edited by hand?)")
-    with open(path, "rb") as f:
-        raw = read_into(f, size, path, "config.json").tobytes()
-    try:
-        config = json.loads(raw.decode())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise FileFormatError(f"{path} is not valid JSON: {err}") from None
-    return _check_config(config, str(path))
+def _steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size + (1 if n % batch_size and not drop_last else 0)
 
 
 def _train_config(args, dataset) -> dict:
-    config = {key: getattr(args, key) for key in CONFIG_KEYS}
-    defaults = {**TRAIN_DEFAULTS, **DATA_DEFAULTS.get(config["data"] or TRAIN_DEFAULTS["data"], {})}
+    config = {key: getattr(args, key, None) for key in CONFIG_KEYS}
+    data_name = (config["data"] or TRAIN_DEFAULTS["data"]).split(":")[0]
+    defaults = {**TRAIN_DEFAULTS, **DATA_DEFAULTS.get(data_name, {})}
     for key, value in defaults.items():
         if config[key] is None:
             config[key] = value
     n_in, n_out = dataset.train.X.shape[1], dataset.train.Y.shape[1]
     binary = n_out == 1
+    if args.sizes is None and "sizes" in DATA_DEFAULTS.get(data_name, {}):
+        config["sizes"] = [n_in, *config["sizes"][1:-1], n_out]
     config["sizes"] = config["sizes"] or [n_in, HIDDEN_WIDTH, n_out]
     config["output"] = config["output"] or ("sigmoid" if binary else "softmax")
     config["loss"] = config["loss"] or ("binary_cross_entropy" if binary else "softmax_cross_entropy")
+    config["standardize"] = config["data"] == "digits" if config["standardize"] is None else config["standardize"]
+    options.per_layer(config["hidden"], config["sizes"])  # named as the option, before the schema check
     sizes = config["sizes"]
     if sizes[0] != n_in or sizes[-1] != n_out:
         raise ValueError(
             f"--sizes {','.join(map(str, sizes))} does not fit --data {config['data']}: "
             f"it has {n_in} inputs and {n_out} outputs"
         )
-    if config["batch_size"] > len(dataset.train.X):
-        raise ValueError(f"--batch-size {config['batch_size']} is larger than the {len(dataset.train.X)} training samples")
-    return _check_config(config, "the options")
-
-
-def _build(config: dict):
-    net = mlp(config["sizes"], hidden=[get_activation(h) for h in options.per_layer(config["hidden"], config["sizes"])],
-              output=config["output"])
-    key = options.key_from_seed(config["seed"])
-    init_key, shuffle_key = jax.random.split(key)
-    optimizer = options.make_optimizer(config["optimizer"], config["lr"], key=jax.random.fold_in(key, 2))
-    return net, optimizer, init_key, shuffle_key
+    n = len(dataset.train.X)
+    if config["batch_size"] > n:
+        raise ValueError(f"--batch-size {config['batch_size']} is larger than the {n} training samples")
+    if config["patience"] is not None and len(dataset.validation.X) == 0:
+        raise ValueError("--patience watches the validation loss, and this data set has no validation part")
+    config["steps_per_epoch"] = _steps_per_epoch(n, config["batch_size"], config["drop_last"])
+    config["dtype"] = "float32"  # the command trains in float32, whatever jax_enable_x64 says
+    config["schedule_epochs"] = config["epochs"]
+    return check_config(config, "the options")
 
 
 def write_json(path: pathlib.Path, value) -> None:
@@ -216,82 +194,113 @@ def _has_tqdm() -> bool:
     return True
 
 
-def _resume(folder: RunFolder, args, given: set):
-    """The configuration and data set of the run to continue, checked against the options given."""
-    config = _read_config(folder / "config.json")
+def epoch_line(record: dict, epochs: int) -> str:
+    """One plain line per epoch, for a log file or a pipe."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['loss']:.4g}"]
+    for key in ("accuracy", "val_loss", "val_accuracy"):
+        if key in record:
+            parts.append(f"{key} {record[key]:.4f}" if "accuracy" in key else f"{key} {record[key]:.4g}")
+    return "  ".join(parts + [f"{record['seconds']:.2f} s"])
+
+
+def _resume(folder: RunFolder, args, given: set) -> dict:
+    """The configuration of the run to continue, checked against the options given."""
+    config = read_config(folder / "config.json")
     conflicts = [f"--{k.replace('_', '-')}" for k in sorted(given - {"epochs"}) if getattr(args, k) != config[k]]
     if conflicts:
         raise ValueError(f"--resume continues the saved run; {', '.join(conflicts)} differ from its "
                          f"configuration (see {folder / 'config.json'})")
     if args.out is not None and args.out.resolve() != folder.path.resolve():
         raise ValueError("--out and --resume name different folders; a resumed run stays in its folder")
+    config["schedule_epochs"] = config["schedule_epochs"] or config["epochs"]
     config["epochs"] = args.epochs or config["epochs"]
-    return config, datasets.load(config["data"], limit=args.max_bytes)
+    return config
 
 
-def _load_state(folder: RunFolder, config: dict, params, optimizer, limit) -> ckpt.Checkpoint:
+def _load_state(folder: RunFolder, config: dict, built, limit) -> ckpt.Checkpoint:
     """The checkpoint of the run to continue, checked against its configuration."""
-    state = ckpt.load(folder / "checkpoint.ckpt", params_like=params, opt_state_like=optimizer.init(params), limit=limit)
-    differ = sorted(k for k in CONFIG_KEYS if k != "epochs" and state.config.get(k) != config[k])
+    template = built.init()
+    extras = {"best_params": template} if config["patience"] is not None else None
+    state = ckpt.load(folder / "checkpoint.ckpt", params_like=template, opt_state_like=built.optimizer.init(template),
+                      limit=limit, extras_like=extras)
+    saved = check_config(state.config, f"{folder / 'checkpoint.ckpt'}: its configuration")
+    differ = sorted(k for k in CONFIG_KEYS if k not in ("epochs", "schedule_epochs") and saved[k] != config[k])
     if differ:
         raise FileFormatError(f"{folder / 'config.json'} and the checkpoint disagree on {', '.join(differ)}; "
                               "the checkpoint's configuration is the run's")
     if state.epoch >= config["epochs"]:
         raise ValueError(f"the run in {folder.path} has done {state.epoch} epochs already; ask for more with --epochs")
+    if config["patience"] is not None and state.history:
+        best = min(state.history, key=lambda r: (r["val_loss"], r["epoch"]))["epoch"]
+        if state.epoch - best >= config["patience"]:
+            raise ValueError(f"the run in {folder.path} stopped early at epoch {state.epoch} (no better validation "
+                             f"loss since epoch {best}); there is nothing to continue")
     return state
 
 
 def train_command(args) -> int:
     max_bytes(args.max_bytes)  # a bad $JBP_MAX_BYTES is refused before any work
-    given = {key for key in CONFIG_KEYS if getattr(args, key) is not None}
+    given = {key for key in OPTION_KEYS if getattr(args, key, None) is not None}
     if args.sizes is not None:  # a network that cannot fit is refused before the data are read
         options.check_memory(args.sizes, None, args.batch_size or 1)
     if args.resume is not None:
         with RunFolder.existing(args.resume) as folder:
-            config, dataset = _resume(folder, args, given)
-            net, optimizer, init_key, _ = _build(config)
-            state = _load_state(folder, config, init(net, init_key), optimizer, args.max_bytes)
-            return _train(folder, config, dataset, net, optimizer, state.params, state.opt_state, state.epoch,
-                          state.history, state.key, args)  # the run's own key, as saved
-    dataset = datasets.load(args.data or TRAIN_DEFAULTS["data"], limit=args.max_bytes)
+            config = _resume(folder, args, given)
+            dataset = load_data(config, args.max_bytes)
+            built = build(config)
+            state = _load_state(folder, config, built, args.max_bytes)
+            return _train(folder, config, dataset, built, state, args)
+    dataset = datasets.load(args.data or TRAIN_DEFAULTS["data"], args.max_bytes, standardize=args.standardize,
+                            target=args.target, header=args.header)
     config = _train_config(args, dataset)
-    net, optimizer, init_key, shuffle_key = _build(config)
-    options.check_memory(config["sizes"], optimizer, config["batch_size"])
-    params = init(net, init_key)
+    built = build(config)
+    options.check_memory(config["sizes"], built.optimizer, config["batch_size"])
     with RunFolder.new(args.out, config["data"].split(":")[0]) as folder:
-        return _train(folder, config, dataset, net, optimizer, params, None, 0, [], shuffle_key, args)
+        return _train(folder, config, dataset, built, None, args)
 
 
-def _train(folder, config, dataset, net, optimizer, params, opt_state, start, history, shuffle_key, args) -> int:
-    """The run itself, in a folder this process holds."""
+def _train(folder, config, dataset, built, state, args) -> int:
+    """The run itself, in a folder this process holds; ``state`` is the checkpoint of a resumed run."""
     out = folder.path
     folder.clean_temporaries()
+    if state is None:
+        params, opt_state, start, history, key, best = built.init(), None, 0, [], built.shuffle_key, None
+    else:
+        params, opt_state, start, history, key = state.params, state.opt_state, state.epoch, state.history, state.key
+        best = state.extras.get("best_params")
     write_json(out / "config.json", config)
+    dataset.preprocessing.save(out / "preprocessing.json")
     _write_metrics(out / "metrics.jsonl", history)  # the checkpoint is the record of what was done
 
     done = list(history)
-    last = {"params": params}
+    last = {"params": params, "best": best}
+    progress = not args.no_progress and sys.stderr.isatty() and _has_tqdm()
 
     def on_epoch(record, params, opt_state):
+        if config["patience"] is not None and record["best_epoch"] == record["epoch"]:
+            last["best"] = params
+        extras = {"best_params": last["best"]} if config["patience"] is not None else None
         ckpt.save(out / "checkpoint.ckpt", params=params, opt_state=opt_state, epoch=record["epoch"],
-                  key=shuffle_key, config=config, history=done + [record])
+                  key=key, config=config, history=done + [record], extras=extras)
         done.append(record)
         last["params"] = params
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
+        if not progress:
+            print(epoch_line(record, config["epochs"]), flush=True)
 
     def kept() -> str:
         return (f"the checkpoint of epoch {done[-1]['epoch']}, the last finished, is kept in {out}"
                 if done else f"no epoch finished, so {out} holds no checkpoint")
 
     train, val = dataset.train, dataset.validation
-    progress = not args.no_progress and sys.stderr.isatty() and _has_tqdm()
+    early = {"patience": config["patience"], "best_params": best} if config["patience"] is not None else {}
     try:
         result = fit(
-            net, params, train.X, train.Y, loss=config["loss"], optimizer=optimizer,
-            epochs=config["epochs"], batch_size=config["batch_size"], key=shuffle_key, l2=config["l2"],
-            validation=(val.X, val.Y), drop_last=config["drop_last"], opt_state=opt_state,
-            start_epoch=start, history=history, on_epoch=on_epoch, progress=progress,
+            built.net, params, train.X, train.Y, loss=built.loss, optimizer=built.optimizer,
+            epochs=config["epochs"], batch_size=config["batch_size"], key=key, l2=config["l2"],
+            validation=(val.X, val.Y) if len(val.X) else None, drop_last=config["drop_last"], opt_state=opt_state,
+            start_epoch=start, history=history, on_epoch=on_epoch, progress=progress, **early,
         )
     except TrainingDiverged as err:
         ckpt.save_params(out / "params.npz", err.params)
@@ -307,14 +316,22 @@ def _train(folder, config, dataset, net, optimizer, params, opt_state, start, hi
         return fail(f"{what} ({err.filename or out}); {kept()}", status=1)
 
     ckpt.save_params(out / "params.npz", result.params)
-    summary = {"epochs": config["epochs"]}
+    summary = {"epochs": result.history[-1]["epoch"]}
+    if result.best_epoch is not None:
+        summary["best_epoch"] = result.best_epoch
     for name, split in (("train", dataset.train), ("validation", dataset.validation), ("test", dataset.test)):
-        summary.update({f"{name}_{k}": v for k, v in evaluate(net, result.params, split.X, split.Y, config["loss"]).items()})
+        if len(split.X):
+            summary.update({f"{name}_{k}": v for k, v in evaluate(built.net, result.params, split.X, split.Y, built.loss).items()})
     write_json(out / "summary.json", summary)
     note = _plot(out / "plot.png", result.history, f"{config['data']}: {'-'.join(map(str, config['sizes']))}, "
                  f"{config['optimizer']} lr {config['lr']}")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("test_"))
-    print(f"{config['epochs']} epochs: {shown}; saved in {out}")
+    if result.stopped_early:
+        print(f"stopped early after epoch {summary['epochs']}: the validation loss last improved at epoch "
+              f"{result.best_epoch}, whose parameters are kept")
+    elif result.best_epoch is not None:
+        print(f"the best epoch by validation loss was {result.best_epoch}; its parameters are kept")
+    print(f"{summary['epochs']} epochs: {shown}; saved in {out}")
     if note:
         print(note, file=sys.stderr)
     return 0

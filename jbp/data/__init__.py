@@ -1,13 +1,18 @@
-"""Data sets: XOR, scikit-learn's bundled digits, and MNIST from local files.
+"""Data sets: XOR, scikit-learn's digits, MNIST and Fashion-MNIST, and one's own CSV or npz.
 
 Nothing is downloaded, and every file is read as untrusted bytes within a
-size limit (:mod:`jbp.files`, :mod:`jbp.data.idx`). ``digits`` needs scikit-learn (``pip install
-'jbp[datasets]'``), which ships the 1,797 8×8 images inside the package;
-``mnist`` reads the standard IDX files (gzipped or not) or a ``mnist.npz``
-from a folder the user names.
+size limit (:mod:`jbp.files`, :mod:`jbp.data.idx`, :mod:`jbp.data.tabular`).
+``digits`` needs scikit-learn (``pip install 'jbp[datasets]'``), which ships
+the 1,797 8×8 images inside the package; ``mnist`` reads the standard IDX
+files (gzipped or not) or a ``mnist.npz`` from a folder the user names;
+``fashion_mnist`` finds the files Debian's ``dataset-fashion-mnist`` package
+installs; :func:`table` reads a CSV or npz file of one's own.
 
-Every loader returns a :class:`Dataset` of three :class:`Split` s with inputs
-scaled to ``[0, 1]`` as float32 and targets one-hot (``jax.nn.one_hot``).
+Every loader returns a :class:`Dataset` of three :class:`Split` s, inputs as
+float32 and targets one-hot (``jax.nn.one_hot``), with the
+:class:`~jbp.data.preprocessing.Preprocessing` that turned the raw data into
+them (divisor, standardization learned on the training part, classes), so
+that a trained network can be given raw inputs later.
 """
 
 import pathlib
@@ -17,6 +22,8 @@ import jax
 import numpy as np
 
 from jbp.data.idx import read_idx
+from jbp.data.preprocessing import Preprocessing, learn, statistics
+from jbp.data.tabular import is_table, read_csv, read_table_npz, stratified_split, table_path
 from jbp.files import FileFormatError, read_npz
 
 
@@ -35,13 +42,14 @@ class Split(NamedTuple):
 
 
 class Dataset(NamedTuple):
-    """A named data set in train, validation and test parts."""
+    """A named data set in train, validation and test parts, and how raw inputs become ``X``."""
 
     name: str
     train: Split
     validation: Split
     test: Split
     n_classes: int
+    preprocessing: Preprocessing = Preprocessing()
 
     def __repr__(self) -> str:
         return (
@@ -74,6 +82,13 @@ def _split(X: np.ndarray, labels: np.ndarray, n_classes: int, Y: "np.ndarray | N
     return Split(np.ascontiguousarray(X, np.float32), Y, labels)
 
 
+def _parts(name: str, prep: Preprocessing, parts: "list[tuple[np.ndarray, np.ndarray]]") -> Dataset:
+    """A data set from raw (inputs, class indices) parts: train, validation, test."""
+    n = len(prep.classes)
+    splits = [_split(prep.inputs(X, f"{name} inputs"), labels, n) for X, labels in parts]
+    return Dataset(name, *splits, n, prep)
+
+
 def xor() -> Dataset:
     """The four points of XOR, one sigmoid output; every part is the same four.
 
@@ -85,7 +100,7 @@ def xor() -> Dataset:
     X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
     labels = np.array([0, 1, 1, 0])
     part = _split(X, labels, 2, Y=labels[:, None].astype(np.float32))
-    return Dataset("xor", part, part, part, 2)
+    return Dataset("xor", part, part, part, 2, Preprocessing(classes=(0, 1)))
 
 
 def digits(seed: int = 0, validation: float = 0.15, test: float = 0.15, standardize: bool = True) -> Dataset:
@@ -108,20 +123,14 @@ def digits(seed: int = 0, validation: float = 0.15, test: float = 0.15, standard
             "the digits data set ships with scikit-learn: pip install 'jbp[datasets]'"
         ) from None
     X, labels = load_digits(return_X_y=True)
-    X = X / 16.0
     X_rest, X_test, l_rest, l_test = train_test_split(
         X, labels, test_size=test, stratify=labels, random_state=seed
     )
     X_train, X_val, l_train, l_val = train_test_split(
         X_rest, l_rest, test_size=validation / (1 - test), stratify=l_rest, random_state=seed
     )
-    if standardize:
-        mean, std = X_train.mean(axis=0), X_train.std(axis=0)
-        std = np.where(std > 0, std, 1.0)
-        X_train, X_val, X_test = ((part - mean) / std for part in (X_train, X_val, X_test))
-    return Dataset(
-        "digits", _split(X_train, l_train, 10), _split(X_val, l_val, 10), _split(X_test, l_test, 10), 10
-    )
+    prep = learn(X_train, l_train, divisor=16.0, standardize=standardize)
+    return _parts("digits", prep, [(X_train, l_train), (X_val, l_val), (X_test, l_test)])
 
 
 IDX_FILES = {
@@ -167,16 +176,18 @@ def _find(folder: pathlib.Path, stem: str) -> "pathlib.Path | None":
     return None
 
 
-def mnist(folder: "str | pathlib.Path", validation: "int | None" = None, limit: "int | str | None" = None) -> Dataset:
+def mnist(folder: "str | pathlib.Path", validation: "int | None" = None, limit: "int | str | None" = None,
+          standardize: bool = False, name: str = "mnist") -> Dataset:
     """MNIST (or any set in its format) from a folder holding the four IDX files or ``mnist.npz``.
 
     The IDX files may be gzipped; ``mnist.npz`` holds ``x_train``,
     ``y_train``, ``x_test`` and ``y_test`` (other members are not read).
     Every file is read as untrusted bytes within ``limit``
-    (:mod:`jbp.files`). Images are flattened, and scaled to ``[0, 1]`` when
-    they are bytes; labels must be whole numbers below 10. The last
-    ``validation`` training images are the validation part, by default a
-    sixth of them (Nielsen's 50,000 / 10,000).
+    (:mod:`jbp.files`). Images are flattened, and divided by 255 when they
+    are bytes; with ``standardize`` every pixel is then centred and scaled by
+    the training part's statistics. Labels must be whole numbers below 10.
+    The last ``validation`` training images are the validation part, by
+    default a sixth of them (Nielsen's 50,000 / 10,000).
 
     Raises:
       FileNotFoundError: when the folder or the files are not there, naming
@@ -209,49 +220,203 @@ def mnist(folder: "str | pathlib.Path", validation: "int | None" = None, limit: 
     for part in ("train", "test"):
         images = arrays[f"{part}_images"]
         labels = as_labels(arrays[f"{part}_labels"], names[f"{part}_labels"])
-        if images.ndim < 2:
-            raise FileFormatError(f"{names[f'{part}_images']}: images must have a sample axis and pixels, got shape {images.shape}")
+        if images.ndim < 2 or images.dtype.kind not in "biuf":
+            raise FileFormatError(f"{names[f'{part}_images']}: images must be numbers with a sample axis and "
+                                  f"pixels, got {images.dtype} {images.shape}")
         if len(images) != len(labels):
-            raise FileFormatError(f"MNIST {part}: {len(images)} images but {len(labels)} labels")
+            raise FileFormatError(f"{name} {part}: {len(images)} images but {len(labels)} labels")
         if len(images) == 0:
             raise FileFormatError(f"{names[f'{part}_images']}: no images")
-        X = images.reshape(len(images), -1).astype(np.float32)
-        if images.dtype == np.uint8:
-            X /= 255.0
-        elif not np.all(np.isfinite(X)):
-            raise FileFormatError(f"{names[f'{part}_images']}: holds NaN or infinity")
-        parts[part] = (X, labels)
+        parts[part] = (images.reshape(len(images), -1), labels)
     (X, labels), (X_test, l_test) = parts["train"], parts["test"]
     if X.shape[1] != X_test.shape[1]:
-        raise FileFormatError(f"MNIST: training images have {X.shape[1]} pixels, test images {X_test.shape[1]}")
+        raise FileFormatError(f"{name}: training images have {X.shape[1]} pixels, test images {X_test.shape[1]}")
+    if X.dtype != X_test.dtype:
+        raise FileFormatError(f"{name}: training images are {X.dtype}, test images {X_test.dtype}")
     validation = len(X) // 6 if validation is None else validation
     if not 0 <= validation < len(X):
         raise ValueError(f"validation must be in [0, {len(X)}), got {validation}")
     cut = len(X) - validation
-    return Dataset(
-        "mnist",
-        _split(X[:cut], labels[:cut], 10),
-        _split(X[cut:], labels[cut:], 10),
-        _split(X_test, l_test, 10),
-        10,
-    )
+    divisor = 255.0 if X.dtype == np.uint8 else 1.0
+    mean, std = statistics(X[:cut], divisor) if standardize else (None, None)
+    prep = Preprocessing(divisor, mean, std, tuple(range(10)))  # the ten classes, whichever the files hold
+    return _parts(name, prep, [(X[:cut], labels[:cut]), (X[cut:], labels[cut:]), (X_test, l_test)])
 
 
-DATASETS = ("digits", "xor", "mnist:FOLDER")
+FASHION_MNIST_FOLDERS = ("/usr/share/datasets/fashion-mnist",)
+"""Where Debian's ``dataset-fashion-mnist`` package installs the four IDX files."""
 
 
-def load(spec: str, limit: "int | str | None" = None) -> Dataset:
-    """A data set by name: ``digits``, ``xor`` or ``mnist:FOLDER``; splits are fixed.
+def fashion_mnist(folder: "str | pathlib.Path | None" = None, validation: "int | None" = None,
+                  limit: "int | str | None" = None, standardize: bool = False) -> Dataset:
+    """Fashion-MNIST: 60,000 + 10,000 grey 28×28 images of ten kinds of clothing, in MNIST's format.
 
-    ``limit`` bounds every file read (:func:`jbp.files.max_bytes`).
+    Read from ``folder``, or from where Debian's ``dataset-fashion-mnist``
+    package installs it (``apt-get install dataset-fashion-mnist``); the
+    split and the scaling are :func:`mnist`'s (50,000 train, 10,000
+    validation, 10,000 test).
+
+    Raises:
+      FileNotFoundError: when no folder is given and the package is not installed, saying how to install it.
+    """
+    if folder is None:
+        found = [f for f in FASHION_MNIST_FOLDERS if pathlib.Path(f).is_dir()]
+        if not found:
+            raise FileNotFoundError(
+                "Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist (Debian, Ubuntu), "
+                "or give the folder of its four IDX files as --data fashion-mnist:FOLDER"
+            )
+        folder = found[0]
+    return mnist(folder, validation=validation, limit=limit, standardize=standardize, name="fashion-mnist")
+
+
+def table(spec: str, *, target: "str | int | None" = None, header: "bool | None" = None, standardize: bool = False,
+          validation: float = 0.15, test: float = 0.15, seed: int = 0, limit: "int | str | None" = None) -> Dataset:
+    """One's own data: ``csv:FILE`` or ``npz:FILE`` (see :mod:`jbp.data.tabular`).
+
+    Rows are split by class proportions, fixed by ``seed``: ``test`` and
+    ``validation`` fractions (an npz with ``x_test``/``y_test`` keeps its
+    own test part, and its training part gives the validation). Labels may
+    be whole numbers or strings; classes are the distinct labels of the
+    training part, sorted. With ``standardize``, features are centred and
+    scaled by the training part's statistics.
+
+    Raises:
+      ValueError: for one class only, labels in the validation or test part
+        that the training part lacks, fractions outside ``[0, 1)``, and
+        everything the readers refuse.
+    """
+    path = table_path(spec)
+    if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
+        raise ValueError(f"validation and test fractions must be in [0, 1) with a sum below 1, got {validation} and {test}")
+    if spec.startswith("csv:"):
+        X, labels, _ = read_csv(path, target=target, header=header, limit=limit)
+        given = None
+    else:
+        arrays = read_table_npz(path, limit=limit)
+        if "X" in arrays:
+            X, labels, given = arrays["X"], arrays["y"], None
+        else:
+            X, labels, given = arrays["x_train"], arrays["y_train"], (arrays["x_test"], arrays["y_test"])
+    labels = list(np.asarray(labels).tolist())
+    X = np.asarray(X).reshape(len(X), -1)
+    if given is None:
+        test_rows, val_rows, train_rows = stratified_split(labels, (test, validation), seed)
+        rows = {"train": train_rows, "validation": val_rows, "test": test_rows}
+        pieces = {k: (X[r], [labels[i] for i in r]) for k, r in rows.items()}
+    else:
+        val_rows, train_rows = stratified_split(labels, (validation,), seed)
+        pieces = {"train": (X[train_rows], [labels[i] for i in train_rows]),
+                  "validation": (X[val_rows], [labels[i] for i in val_rows]),
+                  "test": (np.asarray(given[0]).reshape(len(given[0]), -1), list(np.asarray(given[1]).tolist()))}
+    if len(pieces["train"][0]) == 0:
+        raise ValueError(f"{path}: no rows are left for training")
+    prep = learn(pieces["train"][0], pieces["train"][1], standardize=standardize, where=str(path))
+    parts = [(x, prep.encode(l, f"{path} ({part} part)")) for part, (x, l) in pieces.items()]
+    return _parts(spec, prep, parts)
+
+
+DATASETS = ("digits", "xor", "mnist:FOLDER", "fashion-mnist[:FOLDER]", "csv:FILE", "npz:FILE")
+
+
+def load(spec: str, limit: "int | str | None" = None, *, standardize: "bool | None" = None,
+         target: "str | int | None" = None, header: "bool | None" = None) -> Dataset:
+    """A data set by name; its splits are fixed.
+
+    ``digits``, ``xor``, ``mnist:FOLDER``, ``fashion-mnist`` (Debian's
+    package) or ``fashion-mnist:FOLDER``, ``csv:FILE``, ``npz:FILE``.
+    ``limit`` bounds every file read (:func:`jbp.files.max_bytes`);
+    ``standardize`` overrides the set's default (on for digits, off for the
+    others); ``target`` and ``header`` are for CSV files.
 
     Raises:
       ValueError: for an unknown name, listing the known ones.
     """
     if spec == "digits":
-        return digits()
+        return digits(standardize=True if standardize is None else standardize)
     if spec == "xor":
         return xor()
+    standardize = bool(standardize)
     if spec.startswith("mnist:") and len(spec) > len("mnist:"):
-        return mnist(spec[len("mnist:") :], limit=limit)
+        return mnist(spec[len("mnist:") :], limit=limit, standardize=standardize)
+    if spec == "fashion-mnist":
+        return fashion_mnist(limit=limit, standardize=standardize)
+    if spec.startswith("fashion-mnist:") and len(spec) > len("fashion-mnist:"):
+        return fashion_mnist(spec[len("fashion-mnist:") :], limit=limit, standardize=standardize)
+    if is_table(spec) and len(spec) > 4:
+        return table(spec, target=target, header=header, standardize=standardize, limit=limit)
     raise ValueError(f"unknown data set {spec!r}; expected one of {', '.join(DATASETS)}")
+
+
+def read_inputs(path: "str | pathlib.Path", n_features: int, *, target: "str | int | None" = None,
+                header: "bool | None" = None, limit: "int | str | None" = None) -> np.ndarray:
+    """Raw inputs to predict from: an ``.npz`` (array ``X``, else ``x_test``, else its only array), a
+    CSV file (the features; a column more, the label, is dropped: ``target`` or the last), or an
+    IDX file (gzipped or not). Returned as read, ``(m, n_features)``; the run's preprocessing
+    turns them into what its network saw.
+
+    Raises:
+      FileNotFoundError, FileFormatError, ValueError: for a file that is none of these, or whose
+        rows do not have ``n_features`` features.
+    """
+    from jbp.files import npz_names, regular_file
+
+    path = regular_file(path, "input file")
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        members = npz_names(path, limit)
+        chosen = next((m for m in ("X", "x_test") if m in members), members[0] if len(members) == 1 else None)
+        if chosen is None:
+            raise FileFormatError(f"{path}: which array to predict from? it holds {', '.join(members)}; "
+                                  "name it X")
+        X = read_npz(path, [chosen], limit=limit)[chosen]
+    elif name.endswith(".csv"):
+        try:  # features only?
+            X = read_csv(path, header=header, limit=limit, features_only=True)[0]
+        except FileFormatError:
+            X = None  # a column that is not numbers: the labels, as in the training file
+        if X is None or X.shape[1] == n_features + 1:  # the label column too: the training file's layout
+            X = read_csv(path, target=target, header=header, limit=limit)[0]
+    else:
+        X = read_idx(path, limit)
+    if X.ndim < 2:
+        raise FileFormatError(f"{path}: inputs need a sample axis and features, got shape {X.shape}")
+    X = X.reshape(len(X), -1)
+    if X.shape[1] != n_features:
+        raise FileFormatError(f"{path}: rows of {X.shape[1]} features; the run's network takes {n_features}")
+    if X.dtype.kind not in "biuf":
+        raise FileFormatError(f"{path}: inputs must be numbers, got {X.dtype}")
+    return X
+
+
+def evaluation_data(spec: str, preprocessing: Preprocessing, *, target=None, header=None,
+                    limit: "int | str | None" = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and class indices to evaluate a run on, from a data set other than its own.
+
+    A CSV or npz file is read whole (an npz with a test part gives that part);
+    an MNIST-format set gives its test part. Raw inputs and labels go through
+    the run's ``preprocessing``: labels it never saw are refused.
+    """
+    if is_table(spec):
+        path = table_path(spec)
+        if spec.startswith("csv:"):
+            X, labels, _ = read_csv(path, target=target, header=header, limit=limit)
+        else:
+            arrays = read_table_npz(path, limit=limit)
+            X, labels = (arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else (arrays["X"], arrays["y"])
+        return preprocessing.inputs(X, str(path)), preprocessing.encode(list(np.asarray(labels).tolist()), str(path))
+    if spec.startswith(("mnist:", "fashion-mnist")):
+        folder = None if spec == "fashion-mnist" else spec.split(":", 1)[1]
+        if folder is None:
+            folder = next((f for f in FASHION_MNIST_FOLDERS if pathlib.Path(f).is_dir()), None)
+            if folder is None:
+                raise FileNotFoundError("Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist")
+        folder = pathlib.Path(folder).expanduser()
+        images = _find(folder, IDX_FILES["test_images"]) if folder.is_dir() else None
+        labels = _find(folder, IDX_FILES["test_labels"]) if folder.is_dir() else None
+        if images is None or labels is None:
+            raise FileNotFoundError(f"{folder} holds no t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte")
+        X, y = read_idx(images, limit), as_labels(read_idx(labels, limit), str(labels))
+        return preprocessing.inputs(X, str(images)), preprocessing.encode(y.tolist(), str(labels))
+    dataset = load(spec, limit)
+    return dataset.test.X, dataset.test.labels
