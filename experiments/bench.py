@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 import jbp
+from jbp.train import _apply
 
 LEARNING_RATE = 0.1
 
@@ -182,6 +183,49 @@ def _widths(text: str, name: str, at_least: int = 1, allow_empty: bool = False) 
     return values
 
 
+def bench_rules(sizes, batch_sizes, repeats: int, steps: int, seed: int = 0):
+    """A training step with each feedback rule, as a ratio to a backprop step (the same network,
+    interleaved). Rows of (batch, backprop seconds, {rule: ratio})."""
+    net = jbp.mlp(sizes, hidden=jbp.sigmoid, output=jbp.softmax)
+    params = jbp.init(net, jax.random.key(seed), dtype=jnp.float32)
+    rng = np.random.default_rng(seed)
+    optimizer = optax.sgd(LEARNING_RATE)
+    rules = {name: jbp.feedback.by_name(name, net, jax.random.key(seed + 1), jnp.float32)
+             for name in jbp.feedback.KINDS}
+
+    def make(rule):
+        @jax.jit
+        def step(carry, X, Y):
+            params, state, feedback = carry
+            _, grads = jbp.loss_and_grads(net, params, X, Y, jbp.softmax_cross_entropy,
+                                          feedback=None if rule.kind == "backprop" else feedback)
+            (params, state, feedback, _), _ = _apply(optimizer, (params, state, feedback, True), grads, 0.0, False)
+            return (params, state, feedback), 0.0
+
+        return step
+
+    rows = []
+    for batch in batch_sizes:
+        X, Y = _problem(sizes, batch, rng)
+        variants = {}
+        for name, rule in rules.items():
+            step = make(rule)
+            carry = (params, optimizer.init(params), None if name == "backprop" else rule)
+            jax.block_until_ready(step(carry, X, Y))
+            variants[name] = (step, carry)
+        times = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, (step, carry) in variants.items():
+                start = time.perf_counter()
+                for _ in range(steps):
+                    carry, _ = step(carry, X, Y)
+                jax.block_until_ready(carry)
+                times[name].append((time.perf_counter() - start) / steps)
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        rows.append((batch, medians["backprop"], {n: t / medians["backprop"] for n, t in medians.items() if n != "backprop"}))
+    return rows
+
+
 def main(argv=None) -> int:
     parser = _Parser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--sizes", default="784,512,512,10", help="layer widths, input first (default: %(default)s)")
@@ -190,10 +234,13 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="steps per timed run (default: %(default)s)")
     parser.add_argument("--norm-batch-sizes", default="32,256",
                         help="batch sizes of the per-example norm table, empty for none (default: %(default)s)")
+    parser.add_argument("--rule-batch-sizes", default="32,256,1024",
+                        help="batch sizes of the feedback-rule table, empty for none (default: %(default)s)")
     args = parser.parse_args(argv)
     sizes = _widths(args.sizes, "--sizes", at_least=2)
     batch_sizes = _widths(args.batch_sizes, "--batch-sizes")
     norm_batch_sizes = _widths(args.norm_batch_sizes, "--norm-batch-sizes", at_least=0, allow_empty=True)
+    rule_batch_sizes = _widths(args.rule_batch_sizes, "--rule-batch-sizes", at_least=0, allow_empty=True)
     if args.repeats < 1 or args.steps < 1:
         raise SystemExit(f"bench.py: --repeats and --steps must be at least 1, got {args.repeats} and {args.steps}")
 
@@ -209,6 +256,11 @@ def main(argv=None) -> int:
         print(f"{'batch':>6}  {'jbp ms':>12}  {'vmap(grad) ms':>16}  {'jbp/autodiff':>12}")
         for batch, jbp_s, ad_s, ratio in bench_norms(sizes, norm_batch_sizes, args.repeats, args.steps):
             print(f"{batch:>6}  {jbp_s * 1e3:>12.3f}  {ad_s * 1e3:>16.3f}  {ratio:>12.3f}")
+    if rule_batch_sizes:
+        print("\nfeedback rules: a training step with each rule, as a ratio to a backprop step")
+        print(f"{'batch':>6}  {'backprop ms':>12}  " + "  ".join(f"{name:>6}" for name in jbp.feedback.KINDS[1:]))
+        for batch, seconds, ratios in bench_rules(sizes, rule_batch_sizes, args.repeats, args.steps):
+            print(f"{batch:>6}  {seconds * 1e3:>12.3f}  " + "  ".join(f"{ratios[name]:>6.2f}" for name in jbp.feedback.KINDS[1:]))
     return 0
 
 

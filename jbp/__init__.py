@@ -22,6 +22,14 @@ from jbp.activations import (
     tanh,
 )
 from jbp.batch import cost, loss_and_grads, per_example_grad_norms, per_example_grads, predict
+from jbp.feedback import (
+    Feedback,
+    backprop,
+    direct_feedback_alignment,
+    feedback_alignment,
+    kolen_pollack,
+    sign_symmetry,
+)
 from jbp.gradcheck import GradCheck, check_grads, numerical_grads, relative_difference
 from jbp.losses import (
     LOSSES,
@@ -45,10 +53,11 @@ from jbp.quantities import (
     per_example_grad_gram,
     sum_grad_squared,
 )
+from jbp.privacy import DPSGD, clipped_grads, dp_noise, dp_sgd
 from jbp.train import FitResult, TrainingDiverged, confusion_matrix, evaluate, fit, predicted_classes
 from jbp.run import Run, load_run
 from jbp.explain import Explanation, explain
-from jbp import checkpoint, data, optimizers
+from jbp import checkpoint, data, feedback, optimizers, privacy
 
 __version__ = "0.2.0"
 
@@ -101,6 +110,18 @@ __all__ = [
     "one_pass",
     "per_example_grad_gram",
     "sum_grad_squared",
+    # credit assignment
+    "Feedback",
+    "backprop",
+    "direct_feedback_alignment",
+    "feedback_alignment",
+    "kolen_pollack",
+    "sign_symmetry",
+    # private training
+    "DPSGD",
+    "clipped_grads",
+    "dp_noise",
+    "dp_sgd",
     # finite differences
     "GradCheck",
     "check_grads",
@@ -122,5 +143,7 @@ __all__ = [
     # modules
     "checkpoint",
     "data",
+    "feedback",
     "optimizers",
+    "privacy",
 ]

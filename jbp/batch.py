@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp.checks import check_finite, check_targets, dtype_of, finite_result, labels_to_targets
+from jbp.feedback import Feedback, check_feedback
 from jbp.losses import Loss, check_pair, get_loss, output_cost
 from jbp.network import MLP, Dense, Trace, check_params, deltas, forward
 
@@ -53,11 +54,11 @@ def forward_costs(
 
 
 def batch_passes(
-    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: Loss
+    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: Loss, feedback: "Feedback | None" = None
 ) -> tuple[Trace, tuple[Array, ...], Array]:
     """Forward and BP1/BP2 for every sample: traces, deltas and costs, each with a leading batch axis."""
     traces, costs = forward_costs(net, params, X, Y, loss)
-    errors = jax.vmap(partial(deltas, net, params, loss=loss))(traces, Y)
+    errors = jax.vmap(partial(deltas, net, params, loss=loss, feedback=feedback))(traces, Y)
     return traces, errors, costs
 
 
@@ -72,9 +73,9 @@ def penalty(params: Sequence[Dense], l2: Array, m: int, regularized: bool) -> Ar
 
 
 @partial(jax.jit, static_argnames=("net", "loss", "regularized"))
-def _loss_and_grads(net, params, X, Y, loss, l2, regularized):
+def _loss_and_grads(net, params, X, Y, loss, l2, regularized, feedback=None):
     m = X.shape[0]
-    traces, errors, costs = batch_passes(net, params, X, Y, loss)
+    traces, errors, costs = batch_passes(net, params, X, Y, loss, feedback)
     J = jnp.mean(costs) + penalty(params, l2, m, regularized)
     grads = tuple(
         Dense(
@@ -123,6 +124,7 @@ def loss_and_grads(
     Y: Array,
     loss: "Loss | str",
     l2: float = 0.0,
+    feedback: "Feedback | None" = None,
 ) -> tuple[Array, tuple[Dense, ...]]:
     """The regularized batch cost ``J`` and its gradient ``D``, by backpropagation.
 
@@ -143,6 +145,9 @@ def loss_and_grads(
         ``(m,)`` (one-hot over the outputs; 0/1 for a single output).
       loss: the per-sample cost, a :class:`~jbp.Loss` or its name.
       l2: ``λ ≥ 0``, the L2 penalty on the weights (not the biases).
+      feedback: the rule that carries the errors back in BP2
+        (:mod:`jbp.feedback`); with any rule but backprop, ``grads`` is the
+        rule's update direction (BP1, BP3, BP4 and the L2 term unchanged).
 
     ``X`` and ``Y`` are cast to the parameters' dtype (integers and booleans
     included).
@@ -174,7 +179,8 @@ def loss_and_grads(
     """
     loss = get_loss(loss)
     X, Y = check_batch(net, params, X, Y, loss)
-    result = _loss_and_grads(net, params, X, Y, loss, *as_l2(l2, params))
+    feedback = check_feedback(net, params, feedback)
+    result = _loss_and_grads(net, params, X, Y, loss, *as_l2(l2, params), feedback)
     return finite_result(result, "loss_and_grads", params, X, Y, l2)
 
 

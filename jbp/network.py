@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jbp.activations import Activation, get_activation, sigmoid
 from jbp.checks import check_finite, check_key, check_targets, dtype_of, finite_result
+from jbp.feedback import Feedback, carry, check_feedback
 from jbp.losses import Loss, check_pair, get_loss, output_delta
 
 Array = jax.Array
@@ -252,7 +253,7 @@ def _forward(net: MLP, params: Sequence[Dense], x: Array) -> Trace:
 
 
 def deltas(
-    net: MLP, params: Sequence[Dense], trace: Trace, y: Array, loss: "Loss | str"
+    net: MLP, params: Sequence[Dense], trace: Trace, y: Array, loss: "Loss | str", feedback: "Feedback | None" = None
 ) -> tuple[Array, ...]:
     """BP1 then BP2: the error ``δ^l = ∂C/∂z^l`` of every layer, one sample.
 
@@ -270,6 +271,8 @@ def deltas(
       trace: what :func:`forward` returned for this sample.
       y: the target, shape ``(n_L,)``.
       loss: the per-sample cost, a :class:`~jbp.Loss` or its name.
+      feedback: what carries the error back in BP2 (:mod:`jbp.feedback`);
+        backpropagation's ``(W^{l+1})^T`` by default.
 
     Returns:
       ``(δ^1, …, δ^L)``, ``δ^l`` of shape ``(n_l,)``.
@@ -279,13 +282,16 @@ def deltas(
     """
     check_params(net, params)
     _check_trace(net, trace)
+    feedback = check_feedback(net, params, feedback)
     y, loss = as_sample(net, params, y, "y", net.sizes[-1]), get_loss(loss)
     output = net.activations[-1]
     delta = output_delta(output, loss, trace.zs[-1], trace.activations[-1], y)  # BP1
-    return backpropagate(net, params, trace, delta)
+    return backpropagate(net, params, trace, delta, feedback)
 
 
-def backpropagate(net: MLP, params: Sequence[Dense], trace: Trace, delta: Array) -> tuple[Array, ...]:
+def backpropagate(
+    net: MLP, params: Sequence[Dense], trace: Trace, delta: Array, feedback: "Feedback | None" = None
+) -> tuple[Array, ...]:
     """BP2 from a given output error: ``(δ^1, …, δ^L)`` with ``δ^L = delta``.
 
     .. math:: \\delta^l = ((W^{l+1})^T \\delta^{l+1}) \\odot \\sigma'(z^l)
@@ -293,20 +299,22 @@ def backpropagate(net: MLP, params: Sequence[Dense], trace: Trace, delta: Array)
     What :func:`deltas` runs after BP1, and what carries any other vector
     at the output back through the network: a column of the loss's Hessian
     factor (curvature, :mod:`jbp.quantities`) is carried exactly as an error
-    is. One sample, unchecked; ``jax.vmap`` it over samples or columns.
+    is. With a ``feedback`` rule, the rule's carrier replaces
+    ``(W^{l+1})^T δ^{l+1}`` (:func:`jbp.feedback.carry`). One sample,
+    unchecked; ``jax.vmap`` it over samples or columns.
     """
-    errors = [delta]
-    layers_back = zip(params[1:], trace.zs[:-1], trace.activations[1:-1], net.activations[:-1])
-    for layer_above, z, a, sigma in reversed(list(layers_back)):
-        # BP2: (W^{l+1})ᵀ δ^{l+1}, written δ @ W: the same numbers for one vector, and under
-        # vmap (samples, or columns of a Hessian factor) a product that needs no transpose.
-        delta = sigma.backward(z, a, delta @ layer_above.W)
+    errors, output_error = [delta], delta
+    layers_back = zip(range(1, net.depth), params[1:], trace.zs[:-1], trace.activations[1:-1], net.activations[:-1])
+    for l, layer_above, z, a, sigma in reversed(list(layers_back)):
+        # BP2: (W^{l+1})ᵀ δ^{l+1}, written δ @ W inside carry: the same numbers for one vector, and
+        # under vmap (samples, or columns of a Hessian factor) a product that needs no transpose.
+        delta = sigma.backward(z, a, carry(feedback, l, layer_above.W, delta, output_error))
         errors.append(delta)
     return tuple(reversed(errors))
 
 
 def backward(
-    net: MLP, params: Sequence[Dense], trace: Trace, y: Array, loss: Loss
+    net: MLP, params: Sequence[Dense], trace: Trace, y: Array, loss: Loss, feedback: "Feedback | None" = None
 ) -> tuple[tuple[Dense, ...], tuple[Array, ...]]:
     """Backpropagation for one sample: the deltas, then the gradients.
 
@@ -323,6 +331,8 @@ def backward(
       trace: what :func:`forward` returned for this sample.
       y: the target, shape ``(n_L,)``; cast to the parameters' dtype.
       loss: the per-sample cost, a :class:`~jbp.Loss` or its name.
+      feedback: the rule that carries errors back in BP2 (backprop by
+        default); with another rule, ``grads`` is its update direction.
 
     Returns:
       ``(grads, deltas)``: ``grads`` a tuple of :class:`Dense` shaped like
@@ -349,13 +359,14 @@ def backward(
     y, loss = as_sample(net, params, y, "y", net.sizes[-1]), get_loss(loss)
     check_pair(net.activations[-1], loss)
     check_targets(y, loss)
-    return finite_result(_backward(net, params, trace, y, loss), "backward", params, trace, y)
+    feedback = check_feedback(net, params, feedback)
+    return finite_result(_backward(net, params, trace, y, loss, feedback), "backward", params, trace, y)
 
 
 @partial(jax.jit, static_argnames=("net", "loss"))
-def _backward(net, params, trace, y, loss):
+def _backward(net, params, trace, y, loss, feedback=None):
     """BP1 and BP2 (deltas), then BP3 and BP4 for every layer."""
-    errors = deltas(net, params, trace, y, loss)
+    errors = deltas(net, params, trace, y, loss, feedback)
     grads = tuple(
         Dense(W=jnp.outer(delta, a_prev), b=delta)  # BP4, BP3
         for delta, a_prev in zip(errors, trace.activations[:-1])

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jbp.feedback import KINDS, by_name
 from jbp.files import FileFormatError, read_into, regular_file, temporary_files
 
 FILES = ("config.json", "metrics.jsonl", "checkpoint.ckpt", "params.npz", "summary.json", "plot.png", "preprocessing.json")
@@ -189,6 +190,7 @@ CONFIG_DEFAULTS = {
     "standardize": None, "target": None, "header": None, "schedule": "constant", "warmup_epochs": 1.0,
     "decay_rate": 0.9, "momentum": None, "nesterov": False, "weight_decay": 0.0, "clip_norm": None,
     "patience": None, "steps_per_epoch": None, "schedule_epochs": None, "dtype": "float32",
+    "dp_clip": None, "dp_noise": None, "dp_delta": None, "dp_epsilon": None, "rule": "backprop",
 }
 CONFIG_KEYS = ("sizes", "hidden", "output", "loss", "optimizer", "lr", "l2", "epochs", "batch_size", "seed", "data",
                "drop_last", *CONFIG_DEFAULTS)
@@ -249,6 +251,11 @@ def check_config(config: Any, where: str) -> dict:
         "steps_per_epoch": (optional(lambda v: whole(v) and v >= 1), "a positive whole number, or null"),
         "schedule_epochs": (optional(lambda v: whole(v) and v >= 1), "a positive whole number, or null"),
         "dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+        "dp_clip": (optional(lambda v: number(v) and v > 0), "a finite number > 0, or null"),
+        "dp_noise": (optional(lambda v: number(v) and v >= 0), "a finite number ≥ 0, or null"),
+        "dp_delta": (optional(lambda v: number(v) and 0 < v < 1), "a number in (0, 1), or null"),
+        "dp_epsilon": (optional(lambda v: number(v) and v > 0), "a finite number > 0, or null"),
+        "rule": (lambda v: v in KINDS, f"one of {', '.join(KINDS)}"),
     }
     for key, (ok, expected) in checks.items():
         if not ok(config[key]):
@@ -256,6 +263,10 @@ def check_config(config: Any, where: str) -> dict:
     hidden, n_hidden = config["hidden"], len(config["sizes"]) - 2
     if len(hidden) != 1 and len(hidden) != n_hidden:
         raise FileFormatError(f"{where}: hidden names {len(hidden)} activations for {n_hidden} hidden layers")
+    if config["dp_clip"] is not None and (config["dp_noise"] is None or config["dp_delta"] is None):
+        raise FileFormatError(f"{where}: a private run (dp_clip) needs dp_noise and dp_delta")
+    if config["dp_clip"] is not None and config["rule"] != "backprop":
+        raise FileFormatError(f"{where}: a private run trains with backprop, not {config['rule']}")
     return config
 
 
@@ -300,6 +311,28 @@ class Built(NamedTuple):
     init_key: jax.Array
     shuffle_key: jax.Array
     dtype: Any
+    privacy: Any = None
+    batch_size: int = 1
+    feedback: Any = None
+
+    def extras_like(self, params, patience: "int | None") -> "dict | None":
+        """The extra trees a checkpoint of this run holds: the best epoch's parameters (early
+        stopping) and a learning rule's matrices (Kolen-Pollack)."""
+        extras = {}
+        if patience is not None:
+            extras["best_params"] = params
+        if self.feedback is not None and self.feedback.learns:
+            extras["feedback"] = self.feedback.matrices
+        return extras or None
+
+    @property
+    def training_optimizer(self):
+        """What the run's optimizer state belongs to: DP-SGD's noise then the optimizer, for a private run."""
+        from jbp.train import private_optimizer
+
+        if self.privacy is None:
+            return self.optimizer
+        return private_optimizer(self.privacy, self.optimizer, self.batch_size)
 
     def init(self):
         """The run's initial parameters, in its dtype."""
@@ -327,7 +360,15 @@ def build(config: dict) -> Built:
     )
     if config["dtype"] == "float64" and not jax.config.jax_enable_x64:
         raise ValueError("this run is float64: turn on jax_enable_x64 to load or continue it")
-    return Built(net, get_loss(config["loss"]), optimizer, init_key, shuffle_key, jnp.dtype(config["dtype"]))
+    privacy = None
+    if config["dp_clip"] is not None:
+        from jbp.privacy import dp_sgd
+
+        privacy = dp_sgd(config["dp_clip"], config["dp_noise"], jax.random.fold_in(key, 3), delta=config["dp_delta"])
+    dtype = jnp.dtype(config["dtype"])
+    feedback = None if config["rule"] == "backprop" else by_name(config["rule"], net, jax.random.fold_in(key, 4), dtype)
+    return Built(net, get_loss(config["loss"]), optimizer, init_key, shuffle_key, dtype, privacy, config["batch_size"],
+                 feedback)
 
 
 class Run(NamedTuple):
@@ -355,6 +396,8 @@ class Run(NamedTuple):
     preprocessing: Any
     checkpoint: Any
     path: pathlib.Path
+    privacy: Any = None
+    feedback: Any = None
 
     def fit_arguments(self, epochs: int) -> dict:
         """The keyword arguments that make :func:`jbp.fit` continue this run up to ``epochs``
@@ -366,6 +409,10 @@ class Run(NamedTuple):
         )
         if self.config["patience"] is not None:
             arguments.update(patience=self.config["patience"], best_params=self.checkpoint.extras["best_params"])
+        if self.privacy is not None:
+            arguments["privacy"] = self.privacy
+        if self.feedback is not None:
+            arguments["feedback"] = self.feedback
         return arguments
 
 
@@ -416,9 +463,12 @@ def load_run(path: "str | os.PathLike", limit: "int | str | None" = None) -> Run
     config = read_config(folder / "config.json")
     built = build(config)
     template = built.init()
-    extras_like = {"best_params": template} if config["patience"] is not None else None
-    state = ckpt.load(folder / "checkpoint.ckpt", params_like=template, opt_state_like=built.optimizer.init(template),
-                      limit=limit, extras_like=extras_like)
+    state = ckpt.load(folder / "checkpoint.ckpt", params_like=template,
+                      opt_state_like=built.training_optimizer.init(template), limit=limit,
+                      extras_like=built.extras_like(template, config["patience"]))
+    feedback = built.feedback
+    if feedback is not None and feedback.learns:
+        feedback = feedback.replace(state.extras["feedback"])
     params = state.params
     if (folder / "params.npz").exists():
         params = ckpt.load_params(folder / "params.npz", limit=limit)
@@ -432,4 +482,5 @@ def load_run(path: "str | os.PathLike", limit: "int | str | None" = None) -> Run
 
         preprocessing = data.load(config["data"], limit, standardize=config["standardize"], target=config["target"],
                                   header=config["header"]).preprocessing
-    return Run(built.net, built.loss, built.optimizer, params, config, state.history, preprocessing, state, folder)
+    return Run(built.net, built.loss, built.optimizer, params, config, state.history, preprocessing, state, folder,
+               built.privacy, feedback)

@@ -16,6 +16,7 @@ of ``J = (1/n) Σ C + (λ/2n) Σ ‖W‖²`` (the weight decay of Nielsen's
 ``network2.py``, ``(1 - ηλ/n) w``).
 """
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ from jbp.batch import check_batch, forward_costs, loss_and_grads
 from jbp.checks import all_finite, check_key
 from jbp.losses import Loss, get_loss
 from jbp.network import MLP, Dense, check_params
+from jbp.feedback import Feedback, angle, check_feedback
+from jbp.privacy import DPSGD, clipped_sum, dp_noise, epsilon
 
 Array = jax.Array
 
@@ -45,6 +48,8 @@ class FitResult(NamedTuple):
       best_epoch: with early stopping, the epoch whose validation loss was
         lowest (its parameters are ``params``); ``None`` without.
       stopped_early: whether early stopping ended the run before ``epochs``.
+      feedback: the feedback rule after training (a Kolen-Pollack rule's
+        matrices have learned), or ``None`` for backprop.
     """
 
     params: tuple[Dense, ...]
@@ -52,6 +57,7 @@ class FitResult(NamedTuple):
     history: list[dict]
     best_epoch: "int | None" = None
     stopped_early: bool = False
+    feedback: Any = None
 
 
 class TrainingDiverged(FloatingPointError):
@@ -172,10 +178,10 @@ def _metrics(net, params, X, Y, loss, classes, chunk=4096) -> dict:
 
 
 @partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "drop_last", "l2", "guard"))
-def _epoch(net, params, opt_state, X, Y, key, *, loss, optimizer, batch_size, drop_last, l2, guard=False):
+def _epoch(net, params, opt_state, X, Y, key, feedback=None, *, loss, optimizer, batch_size, drop_last, l2, guard=False):
     """One epoch: the scan over full minibatches, then the remainder. Returns
-    the new params and state, every step's minibatch cost J and whether each
-    step left finite parameters.
+    the new params, state and feedback rule, every step's minibatch cost J and
+    whether each step left finite parameters.
 
     With ``guard`` (the slow path, run again after an epoch that went
     non-finite), a step whose cost or new parameters are not finite is not
@@ -186,23 +192,97 @@ def _epoch(net, params, opt_state, X, Y, key, *, loss, optimizer, batch_size, dr
     full = n // batch_size
 
     def step(carry, rows):
-        params, state, healthy = carry
         share = l2 * rows.shape[0] / n  # this minibatch's share of λ/(2n) Σ‖W‖²
-        J, grads = loss_and_grads(net, params, X[rows], Y[rows], loss, share)
-        updates, new_state = optimizer.update(grads, state, params)
-        new_params = optax.apply_updates(params, updates)
-        if not guard:
-            return (new_params, new_state, healthy), (J, healthy)
-        ok = healthy & jnp.isfinite(J) & all_finite((new_params, new_state))
-        keep = partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
-        return (keep(new_params, params), keep(new_state, state), ok), (J, ok)
+        J, grads = loss_and_grads(net, carry[0], X[rows], Y[rows], loss, share, feedback=carry[2])
+        carry, ok = _apply(optimizer, carry, grads, J, guard)
+        return carry, (J, ok)
 
-    carry = (params, opt_state, jnp.array(True))
+    carry = (params, opt_state, feedback, jnp.array(True))
     carry, (costs, ok) = jax.lax.scan(step, carry, order[: full * batch_size].reshape(full, batch_size))
     if n % batch_size and not drop_last:
         carry, (last, last_ok) = step(carry, order[full * batch_size :])
         costs, ok = jnp.append(costs, last), jnp.append(ok, last_ok)
-    return carry[0], carry[1], costs, ok
+    return carry[0], carry[1], carry[2], costs, ok
+
+
+def _apply(optimizer, carry, grads, J, guard):
+    """One optimizer step on ``(params, state, feedback, healthy)``; with ``guard``, a step that
+    leaves a non-finite cost, parameter or state is not applied, nor any after it.
+
+    A rule that learns (Kolen-Pollack) gives its matrices the update the weights got, and both
+    the same decay: ``W ← W + u − d W``, ``B ← B + u − d B``."""
+    params, state, feedback, healthy = carry
+    updates, new_state = optimizer.update(grads, state, params)
+    new_params = optax.apply_updates(params, updates)
+    if feedback is not None and feedback.learns:
+        d = feedback.decay
+        new_params = tuple(Dense(W=new.W - d * old.W, b=new.b) for new, old in zip(new_params, params))
+        feedback = feedback.replace(tuple(B + u.W - d * B for B, u in zip(feedback.matrices, updates)))
+    old = (params, state, carry[2])
+    if not guard:
+        return (new_params, new_state, feedback, healthy), healthy
+    ok = healthy & jnp.isfinite(J) & all_finite((new_params, new_state, feedback))
+    kept = jax.tree.map(lambda new, previous: jnp.where(ok, new, previous), (new_params, new_state, feedback), old)
+    return (*kept, ok), ok
+
+
+def private_optimizer(privacy: DPSGD, optimizer: optax.GradientTransformation, batch_size: int):
+    """DP-SGD's noise, ``N(0, (σ C / B)²)`` on the clipped sum divided by the expected batch
+    size ``B``, then the optimizer: the transformation :func:`fit` applies with ``privacy``."""
+    stddev = privacy.noise_multiplier * privacy.max_norm / batch_size
+    return optax.chain(dp_noise(stddev, privacy.key), optimizer)
+
+
+def poisson_capacities(n: int, batch_size: int) -> tuple[int, ...]:
+    """The padded sizes a Poisson-sampled batch is processed at: the expected size times 1 1/16,
+    1 1/8, 1 1/4, 1 1/2 and 2, then ``n`` (so that any draw fits, however unlikely)."""
+    sizes = {min(n, math.ceil(batch_size * f)) for f in (1.0625, 1.125, 1.25, 1.5, 2.0)} | {n}
+    return tuple(sorted(sizes))
+
+
+@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "l2", "guard"))
+def _private_epoch(net, params, opt_state, X, Y, key, max_norm, *, loss, optimizer, batch_size, l2, guard=False):
+    """One epoch of DP-SGD: ``round(n / B)`` steps, each on a Poisson sample (every row in with
+    probability ``q = B / n``), clipped to ``max_norm``, summed, divided by ``B``; the noise is
+    the first transformation of ``optimizer``.
+
+    Shapes under ``jit``: the sampled rows (a mask over all ``n``, its count
+    and ``jnp.nonzero``) are gathered into the smallest of a few padded sizes
+    that holds them (:func:`poisson_capacities`), chosen by ``lax.switch``;
+    padding rows have weight 0 in the clipped sum. Only the chosen size's
+    branch runs, so the padding costs at most a sixteenth of the expected
+    batch in the common case, and no draw is ever cut short.
+    """
+    n = X.shape[0]
+    q = batch_size / n
+    capacities = poisson_capacities(n, batch_size)
+    steps = max(1, round(n / batch_size))
+
+    def step(carry, k):
+        params = carry[0]
+        mask = jax.random.bernoulli(k, q, (n,))
+        count = jnp.sum(mask)
+
+        def at(capacity):
+            def run(_):
+                rows = jnp.nonzero(mask, size=capacity, fill_value=0)[0]
+                weights = (jnp.arange(capacity) < count).astype(X.dtype)
+                return clipped_sum(net, params, X[rows], Y[rows], loss, max_norm, weights)[:2]
+
+            return run
+
+        branch = jnp.searchsorted(jnp.asarray(capacities), count)
+        cost, sums = jax.lax.switch(branch, [at(c) for c in capacities], None)
+        grads = tuple(
+            Dense(W=s.W / batch_size + (l2 / n) * layer.W, b=s.b / batch_size) for s, layer in zip(sums, params)
+        )
+        J = cost / jnp.maximum(count, 1)
+        carry, ok = _apply(optimizer, carry, grads, J, guard)
+        return carry, (J, ok, count)
+
+    carry = (params, opt_state, None, jnp.array(True))
+    carry, (costs, ok, counts) = jax.lax.scan(step, carry, jax.random.split(key, steps))
+    return carry[0], carry[1], None, costs, ok, counts
 
 
 def _check_count(name: str, value: Any, low: int, high: "int | None" = None) -> int:
@@ -235,6 +315,8 @@ def fit(
     progress: bool = False,
     patience: "int | None" = None,
     best_params: "Sequence[Dense] | None" = None,
+    privacy: "DPSGD | None" = None,
+    feedback: "Feedback | None" = None,
 ) -> FitResult:
     """Trains a network with an optax optimizer on minibatches.
 
@@ -252,7 +334,8 @@ def fit(
       drop_last: skip the last, smaller minibatch of each epoch instead of
         taking a step on it.
       opt_state, start_epoch, history: where a resumed run left off.
-      on_epoch: called after every epoch with ``(record, params, opt_state)``.
+      on_epoch: called after every epoch with ``(record, params, opt_state)``,
+        and ``feedback=`` the rule as it stands when it learns (Kolen-Pollack).
       progress: show a tqdm bar over the epochs with the latest loss.
       patience: early stopping: stop when the validation loss has not gone
         below its best for this many epochs, and return the parameters of
@@ -261,6 +344,20 @@ def fit(
       best_params: for a resumed run with ``patience``, the parameters of its
         best epoch so far (the best epoch and its loss are read from
         ``history``).
+      privacy: :func:`jbp.dp_sgd`'s options: train with DP-SGD. ``batch_size``
+        is then the expected size of the Poisson-sampled batches, an epoch is
+        ``round(n / batch_size)`` steps, ``drop_last`` does not apply, and
+        ``opt_state`` (given or returned) is that of
+        :func:`jbp.privacy.private_optimizer`, the noise then ``optimizer``.
+        Records then hold ``batch_size_mean`` and, with a ``delta``,
+        ``epsilon``.
+      feedback: the rule that carries errors back in BP2 (:mod:`jbp.feedback`,
+        backprop by default); a Kolen-Pollack rule's matrices learn, and the
+        rule as trained is ``FitResult.feedback`` (pass it back to resume).
+        Records then hold, per layer, ``update_angles`` (degrees between the
+        rule's update and the true gradient on the first 512 training rows,
+        the same rows every epoch) and, for rules with a matrix per layer,
+        ``feedback_angles`` (between ``B^l``, or ``sign(W^l)``, and ``W^l``).
 
     Returns:
       A :class:`FitResult`. Each history record has ``epoch`` (from 1),
@@ -305,6 +402,15 @@ def fit(
         if validation is None:
             raise ValueError("early stopping (patience) watches the validation loss: pass validation=(X_val, Y_val)")
     best = _best_so_far(history, best_params, params) if patience is not None else None
+    feedback = check_feedback(net, params, feedback)
+    if feedback is not None and privacy is not None:
+        raise ValueError("DP-SGD clips true per-sample gradients: train it with backprop, not another feedback rule")
+    probe = (X[:512], Y[:512])  # the fixed rows the feedback diagnostics are measured on
+    if privacy is not None:
+        if not isinstance(privacy, DPSGD):
+            raise TypeError(f"privacy must be what jbp.dp_sgd returns, got {type(privacy).__name__}")
+        optimizer = private_optimizer(privacy, optimizer, batch_size)
+        steps_per_epoch = max(1, round(n / batch_size))
     params = tuple(params)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     history = list(history)
@@ -315,15 +421,23 @@ def fit(
     try:
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
-            run_epoch = partial(
-                _epoch, net, params, opt_state, X, Y, jax.random.fold_in(key, epoch),
-                loss=loss, optimizer=optimizer, batch_size=batch_size, drop_last=drop_last, l2=float(l2),
-            )
-            new_params, new_state, costs, _ = run_epoch()
+            epoch_key = jax.random.fold_in(key, epoch)
+            if privacy is None:
+                run_epoch = partial(
+                    _epoch, net, params, opt_state, X, Y, epoch_key, feedback,
+                    loss=loss, optimizer=optimizer, batch_size=batch_size, drop_last=drop_last, l2=float(l2),
+                )
+            else:
+                run_epoch = partial(
+                    _private_epoch, net, params, opt_state, X, Y, epoch_key,
+                    jnp.asarray(privacy.max_norm, params[0].W.dtype),
+                    loss=loss, optimizer=optimizer, batch_size=batch_size, l2=float(l2),
+                )
+            new_params, new_state, new_feedback, costs, _, *counts = run_epoch()
             costs = np.asarray(costs)
-            if not (np.all(np.isfinite(costs)) and bool(all_finite((new_params, new_state)))):
+            if not (np.all(np.isfinite(costs)) and bool(all_finite((new_params, new_state, new_feedback)))):
                 # the same epoch again, stopping at the first step that is not finite
-                last_params, last_state, costs, ok = run_epoch(guard=True)
+                last_params, last_state, _, costs, ok, *_ = run_epoch(guard=True)
                 step = int(np.argmin(np.asarray(ok)))
                 raise TrainingDiverged(
                     f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
@@ -331,14 +445,24 @@ def fit(
                     "(lower the learning rate?); the parameters from just before that step are kept",
                     epoch + 1, step + 1, last_params, last_state, history,
                 )
-            params, opt_state = new_params, new_state
-            sizes = np.full(len(costs), batch_size)
-            if len(costs) > n // batch_size:  # the last, smaller minibatch
-                sizes[-1] = n % batch_size
-            record = {"epoch": epoch + 1, "running_loss": float(np.dot(costs, sizes) / sizes.sum())}
+            params, opt_state, feedback = new_params, new_state, new_feedback
+            if privacy is None:
+                sizes = np.full(len(costs), batch_size)
+                if len(costs) > n // batch_size:  # the last, smaller minibatch
+                    sizes[-1] = n % batch_size
+            else:
+                sizes = np.asarray(counts[0])
+            record = {"epoch": epoch + 1, "running_loss": float(np.dot(costs, sizes) / max(sizes.sum(), 1))}
+            if privacy is not None:
+                record["batch_size_mean"] = float(sizes.mean())
+                if privacy.delta is not None and privacy.noise_multiplier > 0:
+                    record["epsilon"] = epsilon(privacy.noise_multiplier, batch_size / n,
+                                                (epoch + 1) * steps_per_epoch, privacy.delta)
             for prefix, X_, Y_, classes in sets:
                 record.update({prefix + k: v for k, v in _metrics(net, params, X_, Y_, loss, classes).items()})
-            overflowed = [name for name, value in record.items() if not np.isfinite(value)]
+            if feedback is not None:
+                record.update(_angles(net, params, *probe, loss, feedback))
+            overflowed = [name for name, value in record.items() if not np.all(np.isfinite(value))]
             if overflowed:
                 raise TrainingDiverged(
                     f"after epoch {epoch + 1} the {' and '.join(overflowed)} overflowed to "
@@ -353,21 +477,37 @@ def fit(
             record["seconds"] = time.perf_counter() - started
             history.append(record)
             if on_epoch is not None:
-                on_epoch(record, params, opt_state)
+                if feedback is not None and feedback.learns:
+                    on_epoch(record, params, opt_state, feedback=feedback)
+                else:
+                    on_epoch(record, params, opt_state)
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in BAR_METRICS}, refresh=False)
                 bar.update(1)
             if best is not None and epoch + 1 - best["epoch"] >= patience and epoch + 1 < epochs:
-                return FitResult(best["params"], opt_state, history, best["epoch"], True)
+                return FitResult(best["params"], opt_state, history, best["epoch"], True, feedback)
     finally:
         if bar is not None:
             bar.close()
     if best is not None:
-        return FitResult(best["params"], opt_state, history, best["epoch"], False)
-    return FitResult(params, opt_state, history)
+        return FitResult(best["params"], opt_state, history, best["epoch"], False, feedback)
+    return FitResult(params, opt_state, history, feedback=feedback)
 
 
-BAR_METRICS = ("running_loss", "accuracy", "val_loss", "val_accuracy")
+def _angles(net, params, X, Y, loss, feedback) -> dict:
+    """Per layer, the angle (degrees) between the rule's update and the true gradient on fixed rows,
+    and between the rule's feedback matrix (or sign(W)) and W."""
+    _, true = loss_and_grads(net, params, X, Y, loss)
+    _, rule = loss_and_grads(net, params, X, Y, loss, feedback=feedback)
+    record = {"update_angles": [float(angle(u, g)) for u, g in zip(rule, true)]}
+    if feedback.kind in ("fa", "kp"):
+        record["feedback_angles"] = [float(angle(B, layer.W)) for B, layer in zip(feedback.matrices, params)]
+    elif feedback.kind == "sign":
+        record["feedback_angles"] = [float(angle(jnp.sign(layer.W), layer.W)) for layer in params]
+    return record
+
+
+BAR_METRICS = ("running_loss", "accuracy", "val_loss", "val_accuracy", "epsilon")
 
 
 def _best_so_far(history: Sequence[dict], best_params: "Sequence[Dense] | None", params) -> dict:

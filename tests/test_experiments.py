@@ -92,3 +92,14 @@ def test_bench_extras_agrees_with_backpack_where_it_is_installed(results):
     pytest.importorskip("backpack", reason="BackPACK's side needs the bench extra, not installed here")
     diffs = load("bench_extras").check_backpack([10, 7, 6, 3], 5, seed=1)
     assert len(diffs) == 9 and max(diffs.values()) < 1e-9
+
+
+def test_bench_privacy_without_torch(results):
+    bench_privacy = load("bench_privacy")
+    rows = bench_privacy.time_batch([12, 8, 8, 4], 6, repeats=1, steps=1, with_torch=False)
+    assert set(rows["jbp"]) == {"plain", "clipped", "noised", "DP-SGD step in fit"}
+    assert all(t > 0 for t in rows["jbp"].values()) and "vmap(grad)-clip" in rows["vmap(grad)"]
+    memory = bench_privacy.memory([12, 8, 8, 4], [4, 64], with_torch=False)
+    parameters = 12 * 8 + 8 + 8 * 8 + 8 + 8 * 4 + 4
+    assert memory[1]["vmap(grad)-clip XLA scratch"] >= 64 * parameters * 4 > memory[1]["jbp clipped XLA scratch"]
+

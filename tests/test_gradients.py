@@ -133,7 +133,7 @@ def test_random_networks_match_autodiff(problem):
     check_against_reference(*problem)
 
 
-@settings(HYPOTHESIS, max_examples=max(HYPOTHESIS.max_examples // 6, 1))
+@settings(HYPOTHESIS, max_examples=max(HYPOTHESIS.max_examples // 10, 1))
 @given(architectures())
 def test_random_networks_match_autodiff_without_jit(problem):
     with jax.disable_jit():

@@ -30,7 +30,7 @@ RTOL = 1e-9
 CANONICAL = [("identity", "squared_error"), ("sigmoid", "binary_cross_entropy"), ("softmax", "softmax_cross_entropy")]
 OTHER = [("tanh", "squared_error"), ("sigmoid", "softmax_cross_entropy"), ("softmax", "binary_cross_entropy"),
          ("softmax", "squared_error")]
-SETTINGS = settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=14, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def as_dense(params):
@@ -166,7 +166,7 @@ def test_random_networks_match_autodiff(problem):
     check_all(*problem)
 
 
-@settings(SETTINGS, max_examples=4)
+@settings(SETTINGS, max_examples=2)
 @given(problems())
 def test_random_networks_match_autodiff_without_jit(problem):
     with jax.disable_jit():

@@ -73,6 +73,17 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def open_unit_interval(text: str) -> float:
+    """A number in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """A finite number ≥ 0."""
     try:

@@ -29,19 +29,23 @@ from jbp.cli import options
 from jbp.files import FileFormatError, atomic_write, max_bytes
 from jbp.losses import LOSSES
 from jbp.optimizers import SCHEDULES, names as optimizer_names
+from jbp.feedback import KINDS
+from jbp.privacy import epsilon, noise_for_epsilon
 from jbp.run import CONFIG_KEYS, RunFolder, build, check_config, read_config
 from jbp.train import TrainingDiverged, evaluate, fit
 
 TRAIN_DEFAULTS = {
     "hidden": ["relu"], "optimizer": "adam", "lr": 0.001, "l2": 0.0, "epochs": 40,
     "batch_size": 32, "seed": 0, "data": "digits", "drop_last": False, "schedule": "constant",
-    "warmup_epochs": 1.0, "decay_rate": 0.9, "nesterov": False, "weight_decay": 0.0,
+    "warmup_epochs": 1.0, "decay_rate": 0.9, "nesterov": False, "weight_decay": 0.0, "rule": "backprop",
 }
 # Where a data set wants other defaults: XOR's four points, one output; Fashion-MNIST's 60,000 images.
 DATA_DEFAULTS = {
     "xor": {"sizes": [2, 4, 1], "hidden": ["tanh"], "lr": 0.1, "epochs": 300, "batch_size": 4},
     "fashion-mnist": {"sizes": [784, 256, 128, 10], "epochs": 12, "batch_size": 64, "schedule": "cosine"},
 }
+# DP-SGD wants plain SGD with a large rate and larger batches (see the README's private-training section)
+DP_DEFAULTS = {"optimizer": "sgd", "lr": 0.5, "batch_size": 64, "dp_delta": 1e-5}
 HIDDEN_WIDTH = 128
 OPTION_KEYS = tuple(k for k in CONFIG_KEYS if k not in ("steps_per_epoch", "schedule_epochs", "dtype"))
 
@@ -71,6 +75,18 @@ def add_parser(commands) -> None:
     train.add_argument("--patience", type=options.positive_int,
                        help="early stopping: stop when the validation loss has not improved for this many epochs, "
                             "and keep the best epoch's parameters")
+    train.add_argument("--dp-clip", type=options.positive_float, metavar="C",
+                       help="train with DP-SGD: clip every sample's gradient to this norm (Poisson batches of "
+                            "expected size --batch-size; defaults then sgd, lr 0.5, batch 64)")
+    train.add_argument("--dp-noise", type=options.non_negative_float, metavar="SIGMA",
+                       help="DP-SGD's noise multiplier σ: Gaussian noise σ·C on each clipped sum")
+    train.add_argument("--dp-epsilon", type=options.positive_float, metavar="EPSILON",
+                       help="choose σ so that the run's --epochs spend this ε (RDP accounting)")
+    train.add_argument("--dp-delta", type=options.open_unit_interval, metavar="DELTA",
+                       help="the δ of (ε, δ)-differential privacy (default 1e-5)")
+    train.add_argument("--rule", type=options.choice("feedback rule", KINDS),
+                       help="what carries the error back in BP2: backprop, fa (feedback alignment), dfa (direct "
+                            "feedback alignment), sign (sign symmetry), kp (Kolen-Pollack) (default backprop)")
     train.add_argument("--epochs", type=options.positive_int, help="epochs in all, counting those of a resumed run (default 40; xor: 300)")
     train.add_argument("--batch-size", type=options.positive_int, help="samples per step (default 32; xor: 4)")
     train.add_argument("--drop-last", action="store_true", default=None, help="skip each epoch's last, smaller minibatch")
@@ -117,7 +133,12 @@ def _steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
 def _train_config(args, dataset) -> dict:
     config = {key: getattr(args, key, None) for key in CONFIG_KEYS}
     data_name = (config["data"] or TRAIN_DEFAULTS["data"]).split(":")[0]
-    defaults = {**TRAIN_DEFAULTS, **DATA_DEFAULTS.get(data_name, {})}
+    private = config["dp_clip"] is not None
+    if not private and any(config[k] is not None for k in ("dp_noise", "dp_epsilon", "dp_delta")):
+        raise ValueError("--dp-noise, --dp-epsilon and --dp-delta go with --dp-clip (the clipping norm)")
+    if private and (config["dp_noise"] is None) == (config["dp_epsilon"] is None):
+        raise ValueError("a private run needs its noise: give --dp-noise or --dp-epsilon, not both")
+    defaults = {**TRAIN_DEFAULTS, **DATA_DEFAULTS.get(data_name, {}), **(DP_DEFAULTS if private else {})}
     for key, value in defaults.items():
         if config[key] is None:
             config[key] = value
@@ -142,6 +163,11 @@ def _train_config(args, dataset) -> dict:
     if config["patience"] is not None and len(dataset.validation.X) == 0:
         raise ValueError("--patience watches the validation loss, and this data set has no validation part")
     config["steps_per_epoch"] = _steps_per_epoch(n, config["batch_size"], config["drop_last"])
+    if private:
+        config["steps_per_epoch"] = max(1, round(n / config["batch_size"]))  # Poisson batches: n / B steps
+        if config["dp_epsilon"] is not None:
+            config["dp_noise"] = noise_for_epsilon(config["dp_epsilon"], config["batch_size"] / n,
+                                                   config["epochs"] * config["steps_per_epoch"], config["dp_delta"])
     config["dtype"] = "float32"  # the command trains in float32, whatever jax_enable_x64 says
     config["schedule_epochs"] = config["epochs"]
     return check_config(config, "the options")
@@ -197,7 +223,7 @@ def _has_tqdm() -> bool:
 def epoch_line(record: dict, epochs: int) -> str:
     """One plain line per epoch, for a log file or a pipe."""
     parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['loss']:.4g}"]
-    for key in ("accuracy", "val_loss", "val_accuracy"):
+    for key in ("accuracy", "val_loss", "val_accuracy", "epsilon"):
         if key in record:
             parts.append(f"{key} {record[key]:.4f}" if "accuracy" in key else f"{key} {record[key]:.4g}")
     return "  ".join(parts + [f"{record['seconds']:.2f} s"])
@@ -220,9 +246,9 @@ def _resume(folder: RunFolder, args, given: set) -> dict:
 def _load_state(folder: RunFolder, config: dict, built, limit) -> ckpt.Checkpoint:
     """The checkpoint of the run to continue, checked against its configuration."""
     template = built.init()
-    extras = {"best_params": template} if config["patience"] is not None else None
-    state = ckpt.load(folder / "checkpoint.ckpt", params_like=template, opt_state_like=built.optimizer.init(template),
-                      limit=limit, extras_like=extras)
+    state = ckpt.load(folder / "checkpoint.ckpt", params_like=template,
+                      opt_state_like=built.training_optimizer.init(template), limit=limit,
+                      extras_like=built.extras_like(template, config["patience"]))
     saved = check_config(state.config, f"{folder / 'checkpoint.ckpt'}: its configuration")
     differ = sorted(k for k in CONFIG_KEYS if k not in ("epochs", "schedule_epochs") and saved[k] != config[k])
     if differ:
@@ -263,25 +289,30 @@ def _train(folder, config, dataset, built, state, args) -> int:
     """The run itself, in a folder this process holds; ``state`` is the checkpoint of a resumed run."""
     out = folder.path
     folder.clean_temporaries()
+    feedback = built.feedback
     if state is None:
         params, opt_state, start, history, key, best = built.init(), None, 0, [], built.shuffle_key, None
     else:
         params, opt_state, start, history, key = state.params, state.opt_state, state.epoch, state.history, state.key
         best = state.extras.get("best_params")
+        if feedback is not None and feedback.learns:
+            feedback = feedback.replace(state.extras["feedback"])
     write_json(out / "config.json", config)
     dataset.preprocessing.save(out / "preprocessing.json")
     _write_metrics(out / "metrics.jsonl", history)  # the checkpoint is the record of what was done
 
     done = list(history)
-    last = {"params": params, "best": best}
+    last = {"params": params, "best": best, "feedback": feedback}
     progress = not args.no_progress and sys.stderr.isatty() and _has_tqdm()
 
-    def on_epoch(record, params, opt_state):
+    def on_epoch(record, params, opt_state, feedback=None):
         if config["patience"] is not None and record["best_epoch"] == record["epoch"]:
             last["best"] = params
-        extras = {"best_params": last["best"]} if config["patience"] is not None else None
+        extras = {"best_params": last["best"]} if config["patience"] is not None else {}
+        if feedback is not None:
+            extras["feedback"] = feedback.matrices
         ckpt.save(out / "checkpoint.ckpt", params=params, opt_state=opt_state, epoch=record["epoch"],
-                  key=key, config=config, history=done + [record], extras=extras)
+                  key=key, config=config, history=done + [record], extras=extras or None)
         done.append(record)
         last["params"] = params
         with open(out / "metrics.jsonl", "a") as f:
@@ -295,6 +326,10 @@ def _train(folder, config, dataset, built, state, args) -> int:
 
     train, val = dataset.train, dataset.validation
     early = {"patience": config["patience"], "best_params": best} if config["patience"] is not None else {}
+    if built.privacy is not None:
+        early["privacy"] = built.privacy
+    if feedback is not None:
+        early["feedback"] = feedback
     try:
         result = fit(
             built.net, params, train.X, train.Y, loss=built.loss, optimizer=built.optimizer,
@@ -319,6 +354,10 @@ def _train(folder, config, dataset, built, state, args) -> int:
     summary = {"epochs": result.history[-1]["epoch"]}
     if result.best_epoch is not None:
         summary["best_epoch"] = result.best_epoch
+    if built.privacy is not None:
+        spent = epsilon(config["dp_noise"], config["batch_size"] / len(train.X),
+                        summary["epochs"] * config["steps_per_epoch"], config["dp_delta"])
+        summary.update(epsilon=spent if spent != float("inf") else None, delta=config["dp_delta"])
     for name, split in (("train", dataset.train), ("validation", dataset.validation), ("test", dataset.test)):
         if len(split.X):
             summary.update({f"{name}_{k}": v for k, v in evaluate(built.net, result.params, split.X, split.Y, built.loss).items()})
@@ -331,6 +370,9 @@ def _train(folder, config, dataset, built, state, args) -> int:
               f"{result.best_epoch}, whose parameters are kept")
     elif result.best_epoch is not None:
         print(f"the best epoch by validation loss was {result.best_epoch}; its parameters are kept")
+    if built.privacy is not None:
+        spent = "∞ (no noise)" if summary["epsilon"] is None else f"{summary['epsilon']:.3g}"
+        shown += f"; private: ε = {spent} at δ = {config['dp_delta']:g}"
     print(f"{summary['epochs']} epochs: {shown}; saved in {out}")
     if note:
         print(note, file=sys.stderr)
