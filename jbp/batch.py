@@ -36,6 +36,7 @@ from jbp.checks import check_finite, check_targets, dtype_of, finite_result, lab
 from jbp.feedback import Feedback, check_feedback
 from jbp.losses import Loss, check_pair, get_loss, output_cost
 from jbp.network import MLP, Dense, Trace, check_params, deltas, forward
+from jbp.parallel import contract
 
 Array = jax.Array
 
@@ -79,7 +80,7 @@ def _loss_and_grads(net, params, X, Y, loss, l2, regularized, feedback=None):
     J = jnp.mean(costs) + penalty(params, l2, m, regularized)
     grads = tuple(
         Dense(
-            W=(delta.T @ a_prev) / m + (l2 / m) * layer.W,  # D = Δ/m + (λ/m) W
+            W=contract(delta, a_prev) / m + (l2 / m) * layer.W,  # D = Δ/m + (λ/m) W, Δ = δᵀ A
             b=jnp.sum(delta, axis=0) / m,
         )
         for layer, delta, a_prev in zip(params, errors, traces.activations[:-1])

@@ -91,7 +91,7 @@ def carry(rule: "Feedback | None", l: int, W_above: Array, delta_above: Array, d
     if kind == "sign":
         return delta_above @ jnp.sign(W_above)  # sign(W^{l+1})ᵀ δ^{l+1}
     if kind == "dfa":
-        return rule.matrices[l - 1] @ delta_out  # B^l δ^L; matrices[l-1] is B^l
+        return delta_out @ rule.matrices[l - 1].T  # B^l δ^L, written δ^L @ (B^l)ᵀ; matrices[l-1] is B^l
     raise ValueError(f"unknown feedback rule {kind!r}; expected one of {', '.join(KINDS)}")
 
 

@@ -10,13 +10,20 @@ then compare with backpropagation through the course's relative difference
 ``‖numerical - analytic‖ / ‖numerical + analytic‖``. The error of the central
 difference is ``O(ε²)``; in float64 with ``ε = 1e-4`` a correct gradient gives
 a relative difference of about ``1e-11``.
+
+:func:`check_grads` gives that difference for the whole gradient and for each
+layer's ``W`` and ``b`` apart, each with the usual reading (:func:`verdict`):
+a bug in one layer's backward step shows in that layer and the layers below
+it (BP2 carries its error down), not in the layers above.
 """
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jbp.batch import check_batch, cost, loss_and_grads
@@ -66,6 +73,61 @@ def relative_difference(a: Any, b: Any) -> float:
     return float(jnp.linalg.norm(flat_a - flat_b) / jnp.linalg.norm(flat_a + flat_b))
 
 
+WRONG = 1e-2
+"""Above this relative difference, the gradient is wrong."""
+SUSPICIOUS = 1e-4
+"""From here up to :data:`WRONG`, suspicious: usually a bug."""
+RIGHT = 1e-7
+"""Below this, right in float64. Between this and :data:`SUSPICIOUS`: fine in float32,
+or where the cost has kinks (relu at 0), but too high for a smooth network in float64."""
+
+READINGS = {
+    "right": "below 1e-7: right (float64)",
+    "marginal": "1e-7 to 1e-4: fine in float32, or across a kink (relu at 0); too high for a smooth network in float64",
+    "suspicious": "1e-4 to 1e-2: suspicious, usually a bug",
+    "wrong": "above 1e-2: wrong",
+}
+"""What each verdict of :func:`verdict` means."""
+
+
+def verdict(relative: float) -> str:
+    """The usual reading of a relative difference: ``right`` (below ``1e-7``),
+    ``marginal`` (``1e-7`` to ``1e-4``), ``suspicious`` (``1e-4`` to ``1e-2``) or
+    ``wrong`` (above ``1e-2``, or not a number).
+
+    Example:
+      >>> from jbp.gradcheck import verdict
+      >>> [verdict(r) for r in (1e-11, 1e-6, 1e-3, 0.3, float("nan"))]
+      ['right', 'marginal', 'suspicious', 'wrong', 'wrong']
+    """
+    if not math.isfinite(relative) or relative > WRONG:
+        return "wrong"
+    if relative > SUSPICIOUS:
+        return "suspicious"
+    if relative > RIGHT:
+        return "marginal"
+    return "right"
+
+
+class LayerCheck(NamedTuple):
+    """One parameter array's part of :func:`check_grads`.
+
+    Attributes:
+      name: ``"layer 1 W"``, ``"layer 1 b"``, … (layers counted from 1).
+      layer: the layer ``l``.
+      relative_difference: ``‖numerical - analytic‖ / ‖numerical + analytic‖``
+        over this array (0 where both are zero).
+      max_abs_difference: the largest ``|numerical - analytic|`` in it.
+      verdict: :func:`verdict` of the relative difference.
+    """
+
+    name: str
+    layer: int
+    relative_difference: float
+    max_abs_difference: float
+    verdict: str
+
+
 class GradCheck(NamedTuple):
     """What :func:`check_grads` found.
 
@@ -73,11 +135,36 @@ class GradCheck(NamedTuple):
       relative_difference: ``‖numerical - analytic‖ / ‖numerical + analytic‖``.
       analytic: the gradient by backpropagation (:func:`jbp.loss_and_grads`).
       numerical: the gradient by central differences.
+      layers: one :class:`LayerCheck` per layer's ``W`` and ``b``, in order.
     """
 
     relative_difference: float
     analytic: tuple[Dense, ...]
     numerical: tuple[Dense, ...]
+    layers: tuple[LayerCheck, ...] = ()
+
+    @property
+    def verdict(self) -> str:
+        """:func:`verdict` of the whole gradient's relative difference."""
+        return verdict(self.relative_difference)
+
+    @property
+    def wrong(self) -> tuple[str, ...]:
+        """The names of the arrays whose gradient is wrong (empty when none is)."""
+        return tuple(layer.name for layer in self.layers if layer.verdict == "wrong")
+
+
+def layer_checks(numerical: Sequence[Dense], analytic: Sequence[Dense]) -> tuple[LayerCheck, ...]:
+    """The relative difference of each layer's ``W`` and ``b``, with its verdict."""
+    checks = []
+    for l, (n, a) in enumerate(zip(numerical, analytic), 1):
+        for field in ("W", "b"):
+            num, ana = np.ravel(getattr(n, field)), np.ravel(getattr(a, field))
+            gap, size = float(np.linalg.norm(num - ana)), float(np.linalg.norm(num + ana))
+            relative = 0.0 if gap == 0 else (gap / size if size > 0 else math.inf)
+            largest = float(np.max(np.abs(num - ana))) if num.size else 0.0
+            checks.append(LayerCheck(f"layer {l} {field}", l, relative, largest, verdict(relative)))
+    return tuple(checks)
 
 
 def check_grads(
@@ -92,7 +179,12 @@ def check_grads(
     """Compares backpropagation with central differences of the same cost ``J``.
 
     Coursera's ``checkNNGradients``: run it in float64 (``jax_enable_x64``);
-    a correct gradient gives a relative difference far below ``1e-9``.
+    a correct gradient gives a relative difference far below ``1e-9``. Each
+    layer's ``W`` and ``b`` is compared apart too (``check.layers``), so a
+    wrong backward step is found in the layers it reaches: its own and those
+    below it. A layer whose gradient is close to zero (a vanishing gradient)
+    can read high from the differences' rounding alone: its
+    ``max_abs_difference`` tells.
 
     Args:
       net, params, X, Y, loss, l2: as in :func:`jbp.loss_and_grads`.
@@ -109,12 +201,14 @@ def check_grads(
       >>> check = jbp.check_grads(net, params, X, Y, jbp.softmax_cross_entropy, eps=1e-2)
       >>> check.relative_difference < 1e-3
       True
+      >>> [layer.name for layer in check.layers], check.wrong
+      (['layer 1 W', 'layer 1 b', 'layer 2 W', 'layer 2 b'], ())
     """
     loss = get_loss(loss)
     X, Y = check_batch(net, params, X, Y)
     _, analytic = loss_and_grads(net, params, X, Y, loss, l2)
     numerical = numerical_grads(lambda p: cost(net, p, X, Y, loss, l2), tuple(params), eps)
-    return GradCheck(relative_difference(numerical, analytic), analytic, numerical)
+    return GradCheck(relative_difference(numerical, analytic), analytic, numerical, layer_checks(numerical, analytic))
 
 
 def coursera_debug_weights(fan_out: int, fan_in: int) -> tuple[Dense, "jax.Array"]:

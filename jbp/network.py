@@ -246,7 +246,10 @@ def _forward(net: MLP, params: Sequence[Dense], x: Array) -> Trace:
     """z^l = W^l a^{l-1} + b^l and a^l = σ(z^l), layer after layer, keeping both."""
     zs, activations = [], [x]
     for layer, sigma in zip(params, net.activations):
-        z = layer.W @ activations[-1] + layer.b
+        # z = W a + b, written a @ Wᵀ: the same numbers for one sample, and under vmap a product whose
+        # result is laid out sample-first, (m, n_l), as every pass reads it: no transposes (in bfloat16
+        # and float16, XLA otherwise transposes the (n_l, m) result of W @ A and the step runs slower).
+        z = activations[-1] @ layer.W.T + layer.b
         zs.append(z)
         activations.append(sigma.fn(z))
     return Trace(tuple(zs), tuple(activations))

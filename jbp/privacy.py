@@ -44,6 +44,7 @@ from jbp.batch import batch_passes, check_batch
 from jbp.checks import check_key, finite_result, is_traced
 from jbp.losses import Loss, get_loss
 from jbp.network import MLP, Dense
+from jbp.parallel import contract
 
 Array = jax.Array
 
@@ -76,7 +77,7 @@ def clipped_sum(net: MLP, params, X: Array, Y: Array, loss: Loss, max_norm, weig
     inputs = traces.activations[:-1]
     norms = jnp.sqrt(sum(jnp.sum(d**2, axis=1) * (jnp.sum(a**2, axis=1) + 1) for d, a in zip(errors, inputs)))
     factors = weights * clip_factors(norms, max_norm)
-    sums = tuple(Dense(W=(factors[:, None] * d).T @ a, b=factors @ d) for d, a in zip(errors, inputs))
+    sums = tuple(Dense(W=contract(factors[:, None] * d, a), b=jnp.sum(factors[:, None] * d, axis=0)) for d, a in zip(errors, inputs))
     return jnp.sum(weights * costs), sums, norms
 
 

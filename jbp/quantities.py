@@ -62,6 +62,7 @@ from jbp.batch import batch_passes, check_batch
 from jbp.checks import check_key, finite_result
 from jbp.losses import Loss, get_loss
 from jbp.network import MLP, Dense, backpropagate
+from jbp.parallel import contract, gram, rows_like
 
 Array = jax.Array
 
@@ -121,14 +122,14 @@ def _quantities(net, params, X, Y, loss, key, names, samples):
         return tuple(Dense(W=w(delta, a), b=b(delta)) for delta, a in zip(errors, inputs))
 
     if {"grads", "grad_variance"} & set(names):
-        out["grads"] = per_layer(lambda d, a: d.T @ a / m, lambda d: jnp.sum(d, axis=0) / m)
+        out["grads"] = per_layer(lambda d, a: contract(d, a) / m, lambda d: jnp.sum(d, axis=0) / m)
     if {"sum_grad_squared", "grad_variance"} & set(names):
-        out["sum_grad_squared"] = per_layer(lambda d, a: (d**2).T @ a**2, lambda d: jnp.sum(d**2, axis=0))
+        out["sum_grad_squared"] = per_layer(lambda d, a: contract(d**2, a**2), lambda d: jnp.sum(d**2, axis=0))
     if "grad_variance" in names:
         # E[g²] - E[g]² may round below zero where the spread is nil: a variance is ≥ 0
         out["grad_variance"] = jax.tree.map(lambda s, g: jnp.maximum(s / m - g**2, 0), out["sum_grad_squared"], out["grads"])
     if "per_example_grad_gram" in names:
-        out["per_example_grad_gram"] = sum((d @ d.T) * (a @ a.T + 1) for d, a in zip(errors, inputs))
+        out["per_example_grad_gram"] = sum(gram(d, d) * (gram(a, a) + 1) for d, a in zip(errors, inputs))
     if "per_example_grad_norms" in names:
         out["per_example_grad_norms"] = jnp.sqrt(
             sum(jnp.sum(d**2, axis=1) * (jnp.sum(a**2, axis=1) + 1) for d, a in zip(errors, inputs))
@@ -141,7 +142,7 @@ def _quantities(net, params, X, Y, loss, key, names, samples):
         columns = jax.vmap(partial(output_columns, net, loss))(traces.zs[-1], traces.activations[-1], Y)
         carried["exact"] = (_carry_back(net, params, traces, columns), 1)  # columns: (m, n_L, c)
     if sampled:
-        keys = jax.random.split(key, (m, samples))
+        keys = rows_like(jax.random.split(key, (m, samples)), traces.zs[-1])
         draw = jax.vmap(jax.vmap(loss.fused_sample, in_axes=(0, None, None), out_axes=1))
         columns = draw(keys, traces.zs[-1], traces.activations[-1])  # (m, n_L, samples)
         carried["sampled"] = (_carry_back(net, params, traces, columns), samples)
@@ -150,14 +151,14 @@ def _quantities(net, params, X, Y, loss, key, names, samples):
             deltas, count = carried[kind]
             squares = tuple(jnp.sum(d**2, axis=2) for d in deltas)  # Σ_c Δ², (m, n_l)
             out[name] = tuple(
-                Dense(W=s.T @ a**2 / (m * count), b=jnp.sum(s, axis=0) / (m * count)) for s, a in zip(squares, inputs)
+                Dense(W=contract(s, a**2) / (m * count), b=jnp.sum(s, axis=0) / (m * count)) for s, a in zip(squares, inputs)
             )
     for name, kind in (("kflr", "exact"), ("kfac", "sampled")):
         if name in names:
             deltas, count = carried[kind]
             flat = tuple(jnp.swapaxes(d, 1, 2).reshape(-1, d.shape[1]) for d in deltas)  # (m · c, n_l)
             out[name] = tuple(
-                KronFactors(A=_with_ones(a).T @ _with_ones(a) / m, G=d.T @ d / (m * count))
+                KronFactors(A=contract(_with_ones(a), _with_ones(a)) / m, G=contract(d, d) / (m * count))
                 for d, a in zip(flat, inputs)
             )
     return {name: out[name] for name in names}

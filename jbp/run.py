@@ -191,11 +191,13 @@ CONFIG_DEFAULTS = {
     "decay_rate": 0.9, "momentum": None, "nesterov": False, "weight_decay": 0.0, "clip_norm": None,
     "patience": None, "steps_per_epoch": None, "schedule_epochs": None, "dtype": "float32",
     "dp_clip": None, "dp_noise": None, "dp_delta": None, "dp_epsilon": None, "rule": "backprop",
+    "compute_dtype": None,
 }
 CONFIG_KEYS = ("sizes", "hidden", "output", "loss", "optimizer", "lr", "l2", "epochs", "batch_size", "seed", "data",
                "drop_last", *CONFIG_DEFAULTS)
 SEED_LIMIT = 2**64
 DTYPES = ("float32", "float64")
+COMPUTE_DTYPES = ("bfloat16", "float16")
 CONFIG_LIMIT = 1 << 20  # config.json is a few hundred bytes; a megabyte is more than any honest one
 
 
@@ -256,6 +258,7 @@ def check_config(config: Any, where: str) -> dict:
         "dp_delta": (optional(lambda v: number(v) and 0 < v < 1), "a number in (0, 1), or null"),
         "dp_epsilon": (optional(lambda v: number(v) and v > 0), "a finite number > 0, or null"),
         "rule": (lambda v: v in KINDS, f"one of {', '.join(KINDS)}"),
+        "compute_dtype": (optional(lambda v: v in COMPUTE_DTYPES), f"one of {', '.join(COMPUTE_DTYPES)}, or null"),
     }
     for key, (ok, expected) in checks.items():
         if not ok(config[key]):

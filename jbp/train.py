@@ -33,6 +33,8 @@ from jbp.checks import all_finite, check_key
 from jbp.losses import Loss, get_loss
 from jbp.network import MLP, Dense, check_params
 from jbp.feedback import Feedback, angle, check_feedback
+from jbp import parallel
+from jbp.parallel import shard_rows
 from jbp.privacy import DPSGD, clipped_sum, dp_noise, epsilon
 
 Array = jax.Array
@@ -177,8 +179,33 @@ def _metrics(net, params, X, Y, loss, classes, chunk=4096) -> dict:
     return {"loss": float(cost), "accuracy": float(correct)} if classes else {"loss": float(cost)}
 
 
-@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "drop_last", "l2", "guard"))
-def _epoch(net, params, opt_state, X, Y, key, feedback=None, *, loss, optimizer, batch_size, drop_last, l2, guard=False):
+def _step(net, loss, optimizer, l2, n, guard, compute_dtype=None):
+    """One training step on a minibatch ``(X, Y)``: the rule's gradient, then the optimizer.
+
+    With a ``compute_dtype`` (mixed precision), the passes run on copies of the
+    parameters, the feedback matrices and the minibatch in that dtype; the
+    gradient comes back in the parameters' own dtype for the optimizer."""
+
+    def step(carry, batch):
+        X, Y = batch
+        params, feedback = carry[0], carry[2]
+        if compute_dtype is not None:
+            params, feedback, X, Y = jax.tree.map(lambda x: x.astype(compute_dtype), (params, feedback, X, Y))
+        share = l2 * X.shape[0] / n  # this minibatch's share of λ/(2n) Σ‖W‖²
+        J, grads = loss_and_grads(net, params, X, Y, loss, share, feedback=feedback)
+        if compute_dtype is not None:
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, carry[0])
+            J = J.astype(carry[0][0].W.dtype)
+        carry, ok = _apply(optimizer, carry, grads, J, guard)
+        return carry, (J, ok)
+
+    return step
+
+
+@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "drop_last", "l2", "guard", "mesh",
+                                   "compute_dtype"))
+def _epoch(net, params, opt_state, X, Y, key, feedback=None, *, loss, optimizer, batch_size, drop_last, l2,
+           guard=False, mesh=None, compute_dtype=None):
     """One epoch: the scan over full minibatches, then the remainder. Returns
     the new params, state and feedback rule, every step's minibatch cost J and
     whether each step left finite parameters.
@@ -186,21 +213,40 @@ def _epoch(net, params, opt_state, X, Y, key, feedback=None, *, loss, optimizer,
     With ``guard`` (the slow path, run again after an epoch that went
     non-finite), a step whose cost or new parameters are not finite is not
     applied, nor any after it: the parameters returned are the last finite ones.
+
+    With a ``mesh``, ``X`` and ``Y`` are replicated on its devices and each
+    minibatch's rows are split over its ``"batch"`` axis (:func:`jbp.parallel.shard_rows`).
     """
     n = X.shape[0]
     order = jax.random.permutation(key, n)
     full = n // batch_size
+    step = _step(net, loss, optimizer, l2, n, guard, compute_dtype)
 
-    def step(carry, rows):
-        share = l2 * rows.shape[0] / n  # this minibatch's share of λ/(2n) Σ‖W‖²
-        J, grads = loss_and_grads(net, carry[0], X[rows], Y[rows], loss, share, feedback=carry[2])
-        carry, ok = _apply(optimizer, carry, grads, J, guard)
-        return carry, (J, ok)
+    def rows_step(carry, rows):
+        batch = (X[rows], Y[rows])
+        if mesh is not None:
+            batch = tuple(shard_rows(part, mesh) for part in batch)
+        return step(carry, batch)
 
     carry = (params, opt_state, feedback, jnp.array(True))
-    carry, (costs, ok) = jax.lax.scan(step, carry, order[: full * batch_size].reshape(full, batch_size))
+    carry, (costs, ok) = jax.lax.scan(rows_step, carry, order[: full * batch_size].reshape(full, batch_size))
     if n % batch_size and not drop_last:
-        carry, (last, last_ok) = step(carry, order[full * batch_size :])
+        carry, (last, last_ok) = rows_step(carry, order[full * batch_size :])
+        costs, ok = jnp.append(costs, last), jnp.append(ok, last_ok)
+    return carry[0], carry[1], carry[2], costs, ok
+
+
+@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "n", "l2", "guard", "compute_dtype"))
+def _epoch_of_batches(net, params, opt_state, X, Y, rest, feedback=None, *, loss, optimizer, n, l2, guard=False,
+                      compute_dtype=None):
+    """:func:`_epoch` on minibatches gathered already: ``X`` of shape ``(steps, batch, n_0)``, split
+    over the devices of many processes (each fed its own rows), and ``rest``, the epoch's last,
+    smaller minibatch ``(X, Y)`` or None."""
+    step = _step(net, loss, optimizer, l2, n, guard, compute_dtype)
+    carry = (params, opt_state, feedback, jnp.array(True))
+    carry, (costs, ok) = jax.lax.scan(step, carry, (X, Y))
+    if rest is not None:
+        carry, (last, last_ok) = step(carry, rest)
         costs, ok = jnp.append(costs, last), jnp.append(ok, last_ok)
     return carry[0], carry[1], carry[2], costs, ok
 
@@ -233,15 +279,17 @@ def private_optimizer(privacy: DPSGD, optimizer: optax.GradientTransformation, b
     return optax.chain(dp_noise(stddev, privacy.key), optimizer)
 
 
-def poisson_capacities(n: int, batch_size: int) -> tuple[int, ...]:
+def poisson_capacities(n: int, batch_size: int, multiple: int = 1) -> tuple[int, ...]:
     """The padded sizes a Poisson-sampled batch is processed at: the expected size times 1 1/16,
-    1 1/8, 1 1/4, 1 1/2 and 2, then ``n`` (so that any draw fits, however unlikely)."""
-    sizes = {min(n, math.ceil(batch_size * f)) for f in (1.0625, 1.125, 1.25, 1.5, 2.0)} | {n}
+    1 1/8, 1 1/4, 1 1/2 and 2, then ``n`` (so that any draw fits, however unlikely); each
+    rounded up to a ``multiple`` of the devices that share it."""
+    sizes = {min(n, multiple * math.ceil(batch_size * f / multiple)) for f in (1.0625, 1.125, 1.25, 1.5, 2.0)} | {n}
     return tuple(sorted(sizes))
 
 
-@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "l2", "guard"))
-def _private_epoch(net, params, opt_state, X, Y, key, max_norm, *, loss, optimizer, batch_size, l2, guard=False):
+@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "l2", "guard", "mesh"))
+def _private_epoch(net, params, opt_state, X, Y, key, max_norm, *, loss, optimizer, batch_size, l2, guard=False,
+                   mesh=None):
     """One epoch of DP-SGD: ``round(n / B)`` steps, each on a Poisson sample (every row in with
     probability ``q = B / n``), clipped to ``max_norm``, summed, divided by ``B``; the noise is
     the first transformation of ``optimizer``.
@@ -255,7 +303,7 @@ def _private_epoch(net, params, opt_state, X, Y, key, max_norm, *, loss, optimiz
     """
     n = X.shape[0]
     q = batch_size / n
-    capacities = poisson_capacities(n, batch_size)
+    capacities = poisson_capacities(n, batch_size, 1 if mesh is None else parallel.batch_devices(mesh))
     steps = max(1, round(n / batch_size))
 
     def step(carry, k):
@@ -267,7 +315,10 @@ def _private_epoch(net, params, opt_state, X, Y, key, max_norm, *, loss, optimiz
             def run(_):
                 rows = jnp.nonzero(mask, size=capacity, fill_value=0)[0]
                 weights = (jnp.arange(capacity) < count).astype(X.dtype)
-                return clipped_sum(net, params, X[rows], Y[rows], loss, max_norm, weights)[:2]
+                batch = (X[rows], Y[rows], weights)
+                if mesh is not None:
+                    batch = tuple(shard_rows(part, mesh) for part in batch)
+                return clipped_sum(net, params, *batch[:2], loss, max_norm, batch[2])[:2]
 
             return run
 
@@ -283,6 +334,27 @@ def _private_epoch(net, params, opt_state, X, Y, key, max_norm, *, loss, optimiz
     carry = (params, opt_state, None, jnp.array(True))
     carry, (costs, ok, counts) = jax.lax.scan(step, carry, jax.random.split(key, steps))
     return carry[0], carry[1], None, costs, ok, counts
+
+
+def _process_batches(mesh, host, key, batch_size: int, drop_last: bool):
+    """An epoch's minibatches for a mesh over several processes: the same shuffle as :func:`_epoch`
+    (from the same key, in every process), each process sending only its own devices' rows."""
+    X, Y = host
+    n = len(X)
+    order = np.asarray(jax.random.permutation(key, n))
+    full = n // batch_size
+    steps = order[: full * batch_size].reshape(full, batch_size)
+    rest = None
+    if n % batch_size and not drop_last:
+        rest = tuple(parallel.remainder(mesh, part, order[full * batch_size :]) for part in (X, Y))
+    return parallel.batches(mesh, X, steps), parallel.batches(mesh, Y, steps), rest
+
+
+def _divergence_hint(params, compute_dtype) -> str:
+    if jnp.dtype(compute_dtype or params[0].W.dtype) == jnp.float16:
+        return ("float16 holds numbers up to 65504 only: compute in bfloat16, which has float32's range, "
+                "or lower the learning rate")
+    return "lower the learning rate?"
 
 
 def _check_count(name: str, value: Any, low: int, high: "int | None" = None) -> int:
@@ -317,6 +389,10 @@ def fit(
     best_params: "Sequence[Dense] | None" = None,
     privacy: "DPSGD | None" = None,
     feedback: "Feedback | None" = None,
+    mesh: "jax.sharding.Mesh | None" = None,
+    eval_every: int = 1,
+    train_metrics: bool = True,
+    compute_dtype: Any = None,
 ) -> FitResult:
     """Trains a network with an optax optimizer on minibatches.
 
@@ -358,6 +434,27 @@ def fit(
         rule's update and the true gradient on the first 512 training rows,
         the same rows every epoch) and, for rules with a matrix per layer,
         ``feedback_angles`` (between ``B^l``, or ``sign(W^l)``, and ``W^l``).
+      mesh: data parallel training (:mod:`jbp.parallel`): a
+        ``jax.sharding.Mesh`` with an axis ``"batch"``. The data, parameters
+        and optimizer state are replicated on its devices, every minibatch is
+        split over the ``"batch"`` axis (``batch_size`` must divide by its
+        size), and XLA sums the gradient with one all-reduce. An epoch's last,
+        smaller minibatch whose rows do not divide is computed whole on every
+        device. A mesh over the devices of several processes
+        (``jax.distributed``): every process passes the same ``X`` and ``Y``
+        and feeds only its own devices' rows of each minibatch.
+      eval_every: measure the training set (and the validation set) after
+        every ``eval_every``-th epoch and after the last; ``0`` for never.
+        Records of the other epochs hold ``running_loss`` only.
+      train_metrics: measure the training set's loss and accuracy when
+        measuring; ``False`` leaves only the validation set's (and
+        ``running_loss``), which costs no pass over the training set.
+      compute_dtype: mixed precision: the forward and backward passes in
+        this dtype (``jnp.bfloat16``, ``jnp.float16``) on copies of the
+        parameters and minibatch, the parameters, the optimizer and the
+        measurements in the parameters' dtype (float32 "master" weights).
+        float16's range is small: a step that overflows it ends the run with
+        :class:`TrainingDiverged`, which says so (bfloat16 has float32's range).
 
     Returns:
       A :class:`FitResult`. Each history record has ``epoch`` (from 1),
@@ -402,6 +499,26 @@ def fit(
         if validation is None:
             raise ValueError("early stopping (patience) watches the validation loss: pass validation=(X_val, Y_val)")
     best = _best_so_far(history, best_params, params) if patience is not None else None
+    eval_every = _check_count("eval_every", eval_every, 0)
+    if compute_dtype is not None:
+        try:
+            compute_dtype = jnp.dtype(compute_dtype)
+        except TypeError:
+            raise TypeError(f"compute_dtype must be a floating dtype such as jnp.bfloat16, got {compute_dtype!r}") from None
+        if not jnp.issubdtype(compute_dtype, jnp.floating):
+            raise TypeError(f"compute_dtype must be a floating dtype such as jnp.bfloat16, got {compute_dtype}")
+        if privacy is not None:
+            raise ValueError("DP-SGD clips in the parameters' dtype: train it without compute_dtype")
+    if patience is not None and eval_every != 1:
+        raise ValueError(f"early stopping watches the validation loss every epoch: eval_every must be 1, got {eval_every}")
+    if mesh is not None:
+        mesh = parallel.check_mesh(mesh)
+        devices = parallel.batch_devices(mesh)
+        if batch_size % devices:
+            raise ValueError(f"batch_size {batch_size} does not split over the mesh's {devices} 'batch' devices; "
+                             f"use a multiple of {devices}")
+        if privacy is not None and parallel.spans_processes(mesh):
+            raise ValueError("DP-SGD across several processes is not supported; train it on one process's devices")
     feedback = check_feedback(net, params, feedback)
     if feedback is not None and privacy is not None:
         raise ValueError("DP-SGD clips true per-sample gradients: train it with backprop, not another feedback rule")
@@ -414,24 +531,38 @@ def fit(
     params = tuple(params)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     history = list(history)
-    sets = [("", X, Y)] + ([("val_", *validation)] if validation is not None else [])
+    sets = ([("", X, Y)] if train_metrics else []) + ([("val_", *validation)] if validation is not None else [])
     sets = [(prefix, X_, Y_, targets_are_classes(Y_)) for prefix, X_, Y_ in sets]
+    many = mesh is not None and parallel.spans_processes(mesh)
+    host = (np.asarray(X), np.asarray(Y)) if many else None
+    if mesh is not None:  # on the devices once for the whole run
+        X, Y, params, opt_state, feedback, probe = parallel.place((X, Y, params, opt_state, feedback, probe), mesh)
+        sets = [(prefix, *parallel.place((X_, Y_), mesh), classes) for prefix, X_, Y_, classes in sets]
+    if best is not None and mesh is not None:
+        best["params"] = parallel.place(best["params"], mesh)
 
     bar = _progress_bar(start_epoch, epochs) if progress else None
     try:
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
             epoch_key = jax.random.fold_in(key, epoch)
-            if privacy is None:
+            if many:
+                run_epoch = partial(
+                    _epoch_of_batches, net, params, opt_state, *_process_batches(mesh, host, epoch_key, batch_size,
+                                                                                 drop_last), feedback,
+                    loss=loss, optimizer=optimizer, n=n, l2=float(l2), compute_dtype=compute_dtype,
+                )
+            elif privacy is None:
                 run_epoch = partial(
                     _epoch, net, params, opt_state, X, Y, epoch_key, feedback,
-                    loss=loss, optimizer=optimizer, batch_size=batch_size, drop_last=drop_last, l2=float(l2),
+                    loss=loss, optimizer=optimizer, batch_size=batch_size, drop_last=drop_last, l2=float(l2), mesh=mesh,
+                    compute_dtype=compute_dtype,
                 )
             else:
                 run_epoch = partial(
                     _private_epoch, net, params, opt_state, X, Y, epoch_key,
                     jnp.asarray(privacy.max_norm, params[0].W.dtype),
-                    loss=loss, optimizer=optimizer, batch_size=batch_size, l2=float(l2),
+                    loss=loss, optimizer=optimizer, batch_size=batch_size, l2=float(l2), mesh=mesh,
                 )
             new_params, new_state, new_feedback, costs, _, *counts = run_epoch()
             costs = np.asarray(costs)
@@ -442,7 +573,7 @@ def fit(
                 raise TrainingDiverged(
                     f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
                     f"{float(costs[step])}, or the parameters or the optimizer's state overflowed "
-                    "(lower the learning rate?); the parameters from just before that step are kept",
+                    f"({_divergence_hint(params, compute_dtype)}); the parameters from just before that step are kept",
                     epoch + 1, step + 1, last_params, last_state, history,
                 )
             params, opt_state, feedback = new_params, new_state, new_feedback
@@ -458,7 +589,8 @@ def fit(
                 if privacy.delta is not None and privacy.noise_multiplier > 0:
                     record["epsilon"] = epsilon(privacy.noise_multiplier, batch_size / n,
                                                 (epoch + 1) * steps_per_epoch, privacy.delta)
-            for prefix, X_, Y_, classes in sets:
+            measured = eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
+            for prefix, X_, Y_, classes in sets if measured else ():
                 record.update({prefix + k: v for k, v in _metrics(net, params, X_, Y_, loss, classes).items()})
             if feedback is not None:
                 record.update(_angles(net, params, *probe, loss, feedback))

@@ -103,3 +103,16 @@ def test_bench_privacy_without_torch(results):
     parameters = 12 * 8 + 8 + 8 * 8 + 8 + 8 * 4 + 4
     assert memory[1]["vmap(grad)-clip XLA scratch"] >= 64 * parameters * 4 > memory[1]["jbp clipped XLA scratch"]
 
+
+
+def test_bench_scale_quick(results, monkeypatch):
+    bench_scale = load("bench_scale")
+    monkeypatch.setattr(bench_scale, "SIZES", [20, 16, 8, 4])
+    out = results / "bench_scale.json"
+    assert bench_scale.main(["--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["devices"][0]["devices"] == 1 and report["devices"][0]["max_param_difference"] == 0
+    assert {row["dtype"] for row in report["precision"]} == {"float32", "bfloat16", "float16"}
+    assert report["waste"]["bare scan"]["ratio_to_bare_scan"] == 1
+    assert report["roofline"]["parameters"] == 20 * 16 + 16 + 16 * 8 + 8 + 8 * 4 + 4
+    assert report["roofline"]["all_reduce_bytes"] == 4 * report["roofline"]["parameters"]

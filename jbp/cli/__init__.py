@@ -1,7 +1,7 @@
-"""The ``jbp`` command: ``train``, ``evaluate``, ``predict``, ``mazur``, ``gradcheck`` and ``bench``.
+"""The ``jbp`` command: ``train``, ``evaluate``, ``predict``, ``mazur``, ``explain``, ``gradcheck`` and ``bench``.
 
 One module per subcommand (:mod:`jbp.cli.train`, :mod:`jbp.cli.evaluate`,
-:mod:`jbp.cli.predict`, :mod:`jbp.cli.gradcheck`, :mod:`jbp.cli.bench`);
+:mod:`jbp.cli.predict`, :mod:`jbp.cli.explain`, :mod:`jbp.cli.gradcheck`, :mod:`jbp.cli.bench`);
 what they share is in :mod:`jbp.cli.options`.
 
 Every failure ends with one line on standard error naming the problem, and a
@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from jbp.cli import bench, evaluate, gradcheck, predict, train
+from jbp.cli import bench, evaluate, explain, gradcheck, predict, train
 from jbp.cli.options import Parser, make_optimizer, optimizers
 
 __all__ = ["build_parser", "main", "make_optimizer", "optimizers"]
@@ -34,6 +34,7 @@ def build_parser() -> Parser:
     predict.add_parser(commands)
     mazur = commands.add_parser("mazur", help="Mazur's step-by-step example, every number against the article")
     mazur.set_defaults(run=_mazur)
+    explain.add_parser(commands)
     gradcheck.add_parser(commands)
     bench.add_parser(commands)
     return parser

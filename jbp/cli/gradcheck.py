@@ -1,11 +1,17 @@
-"""``jbp gradcheck``: backpropagation against central differences, in float64."""
+"""``jbp gradcheck``: backpropagation against central differences, in float64.
+
+Prints a table of the relative difference of every layer's ``W`` and ``b``
+with its reading (:data:`jbp.gradcheck.READINGS`), then the whole gradient's.
+Exit status 1 when a layer's gradient is wrong (relative difference above
+1e-2) or the whole one is above ``--tolerance``; 0 otherwise.
+"""
 
 import jax
 import jax.numpy as jnp
 
 from jbp.cli import options
 from jbp.cli.train import net_options
-from jbp.gradcheck import check_grads
+from jbp.gradcheck import READINGS, check_grads
 from jbp.losses import get_loss
 from jbp.network import init, mlp
 
@@ -48,10 +54,25 @@ def gradcheck_command(args) -> int:
             Y = jax.random.bernoulli(key_y, 0.5, (args.samples, 1)).astype(jnp.float64)
         check = check_grads(net, params, X, Y, loss, l2=args.l2 or 0.0, eps=args.eps)
     print(f"network {net}, loss {loss.name}, l2 {args.l2 or 0.0}, {args.samples} samples, float64, ε = {args.eps}")
-    for l, (a, n) in enumerate(zip(check.analytic, check.numerical), 1):
-        print(f"  layer {l}: max |backprop - finite differences|  W {float(jnp.max(jnp.abs(a.W - n.W))):.3e}"
-              f"  b {float(jnp.max(jnp.abs(a.b - n.b))):.3e}")
+    print(table(check))
+    for name, reading in READINGS.items():
+        print(f"  {name:<10}  {reading}")
     passed = check.relative_difference < args.tolerance
+    if check.wrong:
+        print(f"wrong: {', '.join(check.wrong)} (a bug in one layer's backward step shows in that layer "
+              "and the layers below it)")
     print(f"relative difference ‖num - backprop‖ / ‖num + backprop‖ = {check.relative_difference:.3e} "
           f"({'passes' if passed else 'FAILS'}: tolerance {args.tolerance:g})")
-    return 0 if passed else 1
+    return 0 if passed and not check.wrong else 1
+
+
+def table(check) -> str:
+    """One row per layer's ``W`` and ``b``, then the whole gradient: relative difference,
+    largest absolute difference, verdict."""
+    rows = [(layer.name, layer.relative_difference, layer.max_abs_difference, layer.verdict) for layer in check.layers]
+    whole = max((layer.max_abs_difference for layer in check.layers), default=0.0)
+    rows.append(("whole", check.relative_difference, whole, check.verdict))
+    width = max(len(row[0]) for row in rows)
+    lines = [f"  {'parameters':<{width}}  {'relative error':>14}  {'max |difference|':>16}  verdict"]
+    lines += [f"  {name:<{width}}  {rel:>14.3e}  {gap:>16.3e}  {verdict}" for name, rel, gap, verdict in rows]
+    return "\n".join(lines)

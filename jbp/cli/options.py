@@ -41,14 +41,23 @@ def make_optimizer(name: str, learning_rate: float, key: "jax.Array | None" = No
     return make(name, learning_rate, key=key)
 
 
-def positive_int(text: str) -> int:
+def _whole(text: str, low: int) -> int:
+    what = "a positive integer" if low == 1 else f"a whole number ≥ {low}"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _whole(text, 0)
 
 
 def positive_float(text: str) -> float:

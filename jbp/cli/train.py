@@ -21,6 +21,9 @@ import json
 import pathlib
 import sys
 from collections.abc import Sequence
+from functools import partial
+
+import jax
 
 from jbp import checkpoint as ckpt
 from jbp import data as datasets
@@ -87,6 +90,8 @@ def add_parser(commands) -> None:
     train.add_argument("--rule", type=options.choice("feedback rule", KINDS),
                        help="what carries the error back in BP2: backprop, fa (feedback alignment), dfa (direct "
                             "feedback alignment), sign (sign symmetry), kp (Kolen-Pollack) (default backprop)")
+    train.add_argument("--compute-dtype", type=options.choice("compute dtype", ["bfloat16", "float16"]),
+                       help="mixed precision: the passes in bfloat16 or float16, the weights and the optimizer in float32")
     train.add_argument("--epochs", type=options.positive_int, help="epochs in all, counting those of a resumed run (default 40; xor: 300)")
     train.add_argument("--batch-size", type=options.positive_int, help="samples per step (default 32; xor: 4)")
     train.add_argument("--drop-last", action="store_true", default=None, help="skip each epoch's last, smaller minibatch")
@@ -101,6 +106,21 @@ def add_parser(commands) -> None:
     train.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal: one line per epoch")
     train.add_argument("--max-bytes", type=options.size, metavar="SIZE",
                        help="largest file or archive member read, e.g. 4G (default 2G, or $JBP_MAX_BYTES)")
+    train.add_argument("--eval-every", type=options.non_negative_int, metavar="K",
+                       help="measure the training and validation sets every K epochs and after the last; "
+                            "0 for never (default 1)")
+    train.add_argument("--no-train-eval", action="store_true",
+                       help="do not measure the training set after epochs (the validation set still is)")
+    parallel = train.add_argument_group("devices and processes (data parallel: every minibatch split over devices)")
+    parallel.add_argument("--devices", type=options.positive_int, metavar="N",
+                          help="the first N devices of this process (of each process, with --coordinator)")
+    parallel.add_argument("--coordinator", metavar="HOST:PORT",
+                          help="many processes: the address process 0 listens on (jax.distributed)")
+    parallel.add_argument("--num-processes", type=options.positive_int, metavar="N", help="how many processes in all")
+    parallel.add_argument("--process-id", type=options.non_negative_int, metavar="I",
+                          help="this process's number, 0 … N-1; process 0 writes the run folder")
+    parallel.add_argument("--coordinator-timeout", type=options.positive_float, default=60.0, metavar="SECONDS",
+                          help="give up when the processes have not all met within this time (default 60)")
     train.set_defaults(run=train_command)
 
 
@@ -138,6 +158,8 @@ def _train_config(args, dataset) -> dict:
         raise ValueError("--dp-noise, --dp-epsilon and --dp-delta go with --dp-clip (the clipping norm)")
     if private and (config["dp_noise"] is None) == (config["dp_epsilon"] is None):
         raise ValueError("a private run needs its noise: give --dp-noise or --dp-epsilon, not both")
+    if private and config["compute_dtype"] is not None:
+        raise ValueError("DP-SGD clips in float32: --dp-clip does not go with --compute-dtype")
     defaults = {**TRAIN_DEFAULTS, **DATA_DEFAULTS.get(data_name, {}), **(DP_DEFAULTS if private else {})}
     for key, value in defaults.items():
         if config[key] is None:
@@ -189,21 +211,19 @@ def _plot(path: pathlib.Path, history: Sequence[dict], title: str) -> "str | Non
         import matplotlib.pyplot as plt
     except ImportError:
         return "plot skipped: matplotlib is missing (pip install 'jbp[plots]')"
+    history = [r for r in history if "loss" in r or "val_loss" in r]  # the epochs that were measured
+    if not history:
+        return None
     epochs = [r["epoch"] for r in history]
-    has_accuracy = "accuracy" in history[0]
+    has_accuracy = any("accuracy" in r or "val_accuracy" in r for r in history)
     fig, axes = plt.subplots(1, 2 if has_accuracy else 1, figsize=(10 if has_accuracy else 5, 4), squeeze=False)
-    ax = axes[0][0]
-    ax.plot(epochs, [r["loss"] for r in history], label="train")
-    if "val_loss" in history[0]:
-        ax.plot(epochs, [r["val_loss"] for r in history], label="validation")
-    ax.set(xlabel="epoch", ylabel="mean cost per sample", title="loss", yscale="log")
-    ax.legend()
-    if has_accuracy:
-        ax = axes[0][1]
-        ax.plot(epochs, [r["accuracy"] for r in history], label="train")
-        if "val_accuracy" in history[0]:
-            ax.plot(epochs, [r["val_accuracy"] for r in history], label="validation")
-        ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    panels = [("loss", "mean cost per sample", "log")] + ([("accuracy", "accuracy", "linear")] if has_accuracy else [])
+    for ax, (name, label, scale) in zip(axes[0], panels):
+        for prefix, curve in (("", "train"), ("val_", "validation")):
+            points = [(r["epoch"], r[prefix + name]) for r in history if prefix + name in r]
+            if points:
+                ax.plot(*zip(*points), label=curve, marker="." if len(points) < len(epochs) else None)
+        ax.set(xlabel="epoch", ylabel=label, title=name, yscale=scale)
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
@@ -222,7 +242,9 @@ def _has_tqdm() -> bool:
 
 def epoch_line(record: dict, epochs: int) -> str:
     """One plain line per epoch, for a log file or a pipe."""
-    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['loss']:.4g}"]
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record.get('loss', 0):.4g}"]
+    if "loss" not in record:  # not measured this epoch
+        parts[1] = f"running loss {record['running_loss']:.4g}"
     for key in ("accuracy", "val_loss", "val_accuracy", "epsilon"):
         if key in record:
             parts.append(f"{key} {record[key]:.4f}" if "accuracy" in key else f"{key} {record[key]:.4g}")
@@ -257,11 +279,58 @@ def _load_state(folder: RunFolder, config: dict, built, limit) -> ckpt.Checkpoin
     if state.epoch >= config["epochs"]:
         raise ValueError(f"the run in {folder.path} has done {state.epoch} epochs already; ask for more with --epochs")
     if config["patience"] is not None and state.history:
-        best = min(state.history, key=lambda r: (r["val_loss"], r["epoch"]))["epoch"]
+        best = min((r for r in state.history if "val_loss" in r), key=lambda r: (r["val_loss"], r["epoch"]))["epoch"]
         if state.epoch - best >= config["patience"]:
             raise ValueError(f"the run in {folder.path} stopped early at epoch {state.epoch} (no better validation "
                              f"loss since epoch {best}); there is nothing to continue")
     return state
+
+
+class _Peer:
+    """The run folder as a process other than 0 sees it: read, never locked or written."""
+
+    def __init__(self, path: "pathlib.Path | None", resume: bool = False):
+        self.path, self.resume = path, resume
+
+    def __enter__(self) -> "_Peer":
+        if self.resume and not (self.path / "config.json").is_file():
+            raise ValueError(f"{self.path} holds no run to continue (no config.json)")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def __truediv__(self, name: str) -> pathlib.Path:
+        return self.path / name
+
+
+def _mesh(args):
+    """The devices of the run: None (one device), ``--devices N``, or a mesh over every process's
+    devices after ``jax.distributed`` has started (``--coordinator`` …)."""
+    from jbp import parallel
+
+    together = {"--coordinator": args.coordinator, "--num-processes": args.num_processes,
+                "--process-id": args.process_id}
+    if all(v is None for v in together.values()):
+        return None if args.devices is None else parallel.make_mesh(args.devices)
+    missing = [name for name, value in together.items() if value is None]
+    if missing:
+        raise ValueError(f"--coordinator, --num-processes and --process-id go together; {', '.join(missing)} missing")
+    try:
+        parallel.initialize(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
+    except (TimeoutError, RuntimeError) as err:
+        fail(err, status=1)
+        sys.stderr.flush()
+        parallel.abandon(1)  # jax.distributed, half started, cannot be shut down cleanly
+    return parallel.make_mesh(args.devices)
+
+
+def _check_split(mesh, batch_size: int) -> None:
+    from jbp import parallel
+
+    if mesh is not None and batch_size % parallel.batch_devices(mesh):
+        devices = parallel.batch_devices(mesh)
+        raise ValueError(f"--batch-size {batch_size} does not split over {devices} devices; use a multiple of {devices}")
 
 
 def train_command(args) -> int:
@@ -269,26 +338,30 @@ def train_command(args) -> int:
     given = {key for key in OPTION_KEYS if getattr(args, key, None) is not None}
     if args.sizes is not None:  # a network that cannot fit is refused before the data are read
         options.check_memory(args.sizes, None, args.batch_size or 1)
+    mesh = _mesh(args)
+    writer = mesh is None or jax.process_index() == 0
     if args.resume is not None:
-        with RunFolder.existing(args.resume) as folder:
+        with (RunFolder.existing(args.resume) if writer else _Peer(args.resume, resume=True)) as folder:
             config = _resume(folder, args, given)
+            _check_split(mesh, config["batch_size"])
             dataset = load_data(config, args.max_bytes)
             built = build(config)
             state = _load_state(folder, config, built, args.max_bytes)
-            return _train(folder, config, dataset, built, state, args)
+            return _train(folder, config, dataset, built, state, args, mesh, writer)
     dataset = datasets.load(args.data or TRAIN_DEFAULTS["data"], args.max_bytes, standardize=args.standardize,
                             target=args.target, header=args.header)
     config = _train_config(args, dataset)
+    _check_split(mesh, config["batch_size"])
     built = build(config)
     options.check_memory(config["sizes"], built.optimizer, config["batch_size"])
-    with RunFolder.new(args.out, config["data"].split(":")[0]) as folder:
-        return _train(folder, config, dataset, built, None, args)
+    with (RunFolder.new(args.out, config["data"].split(":")[0]) if writer else _Peer(args.out)) as folder:
+        return _train(folder, config, dataset, built, None, args, mesh, writer)
 
 
-def _train(folder, config, dataset, built, state, args) -> int:
-    """The run itself, in a folder this process holds; ``state`` is the checkpoint of a resumed run."""
+def _train(folder, config, dataset, built, state, args, mesh=None, writer=True) -> int:
+    """The run itself, in a folder this process holds; ``state`` is the checkpoint of a resumed run.
+    With many processes only process 0 (the ``writer``) writes or prints; the others train beside it."""
     out = folder.path
-    folder.clean_temporaries()
     feedback = built.feedback
     if state is None:
         params, opt_state, start, history, key, best = built.init(), None, 0, [], built.shuffle_key, None
@@ -297,6 +370,22 @@ def _train(folder, config, dataset, built, state, args) -> int:
         best = state.extras.get("best_params")
         if feedback is not None and feedback.learns:
             feedback = feedback.replace(state.extras["feedback"])
+    train, val = dataset.train, dataset.validation
+    early = {"patience": config["patience"], "best_params": best} if config["patience"] is not None else {}
+    if built.privacy is not None:
+        early["privacy"] = built.privacy
+    if feedback is not None:
+        early["feedback"] = feedback
+    early.update(mesh=mesh, eval_every=1 if args.eval_every is None else args.eval_every,
+                 train_metrics=not args.no_train_eval, compute_dtype=config["compute_dtype"])
+    run = partial(fit, built.net, params, train.X, train.Y, loss=built.loss, optimizer=built.optimizer,
+                  epochs=config["epochs"], batch_size=config["batch_size"], key=key, l2=config["l2"],
+                  validation=(val.X, val.Y) if len(val.X) else None, drop_last=config["drop_last"],
+                  opt_state=opt_state, start_epoch=start, history=history, **early)
+    if not writer:
+        run()
+        return 0
+    folder.clean_temporaries()
     write_json(out / "config.json", config)
     dataset.preprocessing.save(out / "preprocessing.json")
     _write_metrics(out / "metrics.jsonl", history)  # the checkpoint is the record of what was done
@@ -324,19 +413,8 @@ def _train(folder, config, dataset, built, state, args) -> int:
         return (f"the checkpoint of epoch {done[-1]['epoch']}, the last finished, is kept in {out}"
                 if done else f"no epoch finished, so {out} holds no checkpoint")
 
-    train, val = dataset.train, dataset.validation
-    early = {"patience": config["patience"], "best_params": best} if config["patience"] is not None else {}
-    if built.privacy is not None:
-        early["privacy"] = built.privacy
-    if feedback is not None:
-        early["feedback"] = feedback
     try:
-        result = fit(
-            built.net, params, train.X, train.Y, loss=built.loss, optimizer=built.optimizer,
-            epochs=config["epochs"], batch_size=config["batch_size"], key=key, l2=config["l2"],
-            validation=(val.X, val.Y) if len(val.X) else None, drop_last=config["drop_last"], opt_state=opt_state,
-            start_epoch=start, history=history, on_epoch=on_epoch, progress=progress, **early,
-        )
+        result = run(on_epoch=on_epoch, progress=progress)
     except TrainingDiverged as err:
         ckpt.save_params(out / "params.npz", err.params)
         return fail(f"{err}; they are saved in {out / 'params.npz'}, and {kept()}", status=1)
@@ -350,7 +428,8 @@ def _train(folder, config, dataset, built, state, args) -> int:
         what = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
         return fail(f"{what} ({err.filename or out}); {kept()}", status=1)
 
-    ckpt.save_params(out / "params.npz", result.params)
+    final = jax.device_get(result.params)  # on this process, whatever devices trained it
+    ckpt.save_params(out / "params.npz", final)
     summary = {"epochs": result.history[-1]["epoch"]}
     if result.best_epoch is not None:
         summary["best_epoch"] = result.best_epoch
@@ -360,7 +439,7 @@ def _train(folder, config, dataset, built, state, args) -> int:
         summary.update(epsilon=spent if spent != float("inf") else None, delta=config["dp_delta"])
     for name, split in (("train", dataset.train), ("validation", dataset.validation), ("test", dataset.test)):
         if len(split.X):
-            summary.update({f"{name}_{k}": v for k, v in evaluate(built.net, result.params, split.X, split.Y, built.loss).items()})
+            summary.update({f"{name}_{k}": v for k, v in evaluate(built.net, final, split.X, split.Y, built.loss).items()})
     write_json(out / "summary.json", summary)
     note = _plot(out / "plot.png", result.history, f"{config['data']}: {'-'.join(map(str, config['sizes']))}, "
                  f"{config['optimizer']} lr {config['lr']}")
