@@ -194,13 +194,16 @@ def bench_rules(sizes, batch_sizes, repeats: int, steps: int, seed: int = 0):
              for name in jbp.feedback.KINDS}
 
     def make(rule):
+        # A rule whose matrices learn (Kolen-Pollack) carries them from step to step, as fit's scan
+        # does; a fixed rule's matrices are an argument, so that no step copies them out again.
         @jax.jit
-        def step(carry, X, Y):
-            params, state, feedback = carry
+        def step(carry, X, Y, fixed):
+            params, state, learned = carry
+            feedback = learned if rule.learns else fixed
             _, grads = jbp.loss_and_grads(net, params, X, Y, jbp.softmax_cross_entropy,
                                           feedback=None if rule.kind == "backprop" else feedback)
             (params, state, feedback, _), _ = _apply(optimizer, (params, state, feedback, True), grads, 0.0, False)
-            return (params, state, feedback), 0.0
+            return (params, state, feedback if rule.learns else None), 0.0
 
         return step
 
@@ -210,15 +213,16 @@ def bench_rules(sizes, batch_sizes, repeats: int, steps: int, seed: int = 0):
         variants = {}
         for name, rule in rules.items():
             step = make(rule)
-            carry = (params, optimizer.init(params), None if name == "backprop" else rule)
-            jax.block_until_ready(step(carry, X, Y))
-            variants[name] = (step, carry)
+            fixed = None if name == "backprop" or rule.learns else rule
+            carry = (params, optimizer.init(params), rule if rule.learns else None)
+            jax.block_until_ready(step(carry, X, Y, fixed))
+            variants[name] = (step, carry, fixed)
         times = {name: [] for name in variants}
         for _ in range(repeats):
-            for name, (step, carry) in variants.items():
+            for name, (step, carry, fixed) in variants.items():
                 start = time.perf_counter()
                 for _ in range(steps):
-                    carry, _ = step(carry, X, Y)
+                    carry, _ = step(carry, X, Y, fixed)
                 jax.block_until_ready(carry)
                 times[name].append((time.perf_counter() - start) / steps)
         medians = {name: statistics.median(t) for name, t in times.items()}
