@@ -273,18 +273,24 @@ def check_config(config: Any, where: str) -> dict:
     return config
 
 
-def read_config(path: "str | os.PathLike") -> dict:
-    """A run's ``config.json``, read as untrusted bytes and checked (:func:`check_config`)."""
-    path = regular_file(path, "config.json")
+def _read_json(path: "str | os.PathLike", name: str, limit: int, too_large: str) -> tuple[Any, pathlib.Path]:
+    """A small JSON file of a run, read as untrusted bytes: a regular file, at most ``limit`` bytes."""
+    path = regular_file(path, name)
     size = path.stat().st_size
-    if size > CONFIG_LIMIT:
-        raise FileFormatError(f"{path} is {size} bytes; a run's configuration is far smaller (edited by hand?)")
+    if size > limit:
+        raise FileFormatError(f"{path} is {size} bytes; {too_large}")
     with open(path, "rb") as f:
-        raw = read_into(f, size, path, "config.json").tobytes()
+        raw = read_into(f, size, path, name).tobytes()
     try:
-        config = json.loads(raw.decode())
+        return json.loads(raw.decode()), path
     except (ValueError, UnicodeDecodeError) as err:
         raise FileFormatError(f"{path} is not valid JSON: {err}") from None
+
+
+def read_config(path: "str | os.PathLike") -> dict:
+    """A run's ``config.json``, read as untrusted bytes and checked (:func:`check_config`)."""
+    config, path = _read_json(path, "config.json", CONFIG_LIMIT,
+                              "a run's configuration is far smaller (edited by hand?)")
     return check_config(config, str(path))
 
 
@@ -423,16 +429,8 @@ def read_preprocessing(path: "str | os.PathLike"):
     """A run's ``preprocessing.json``, read as untrusted bytes and checked."""
     from jbp.data.preprocessing import Preprocessing
 
-    path = regular_file(path, "preprocessing.json")
-    size = path.stat().st_size
-    if size > 256 * CONFIG_LIMIT:
-        raise FileFormatError(f"{path} is {size} bytes, more than any preprocessing jbp writes")
-    with open(path, "rb") as f:
-        raw = read_into(f, size, path, "preprocessing.json").tobytes()
-    try:
-        value = json.loads(raw.decode())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise FileFormatError(f"{path} is not valid JSON: {err}") from None
+    value, path = _read_json(path, "preprocessing.json", 256 * CONFIG_LIMIT,
+                             "more than any preprocessing jbp writes")
     return Preprocessing.from_json(value, str(path))
 
 

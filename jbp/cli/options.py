@@ -60,48 +60,34 @@ def non_negative_int(text: str) -> int:
     return _whole(text, 0)
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0 (``inf`` and ``nan`` refused)."""
+def _number(text: str, ok, expected: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must {expected}, got {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (``inf`` and ``nan`` refused)."""
+    return _number(text, lambda v: v > 0, "be a finite number > 0")
 
 
 def unit_interval(text: str) -> float:
     """A number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and 0 <= value < 1):
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
-    return value
+    return _number(text, lambda v: 0 <= v < 1, "lie in [0, 1)")
 
 
 def open_unit_interval(text: str) -> float:
     """A number in (0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text}")
-    return value
+    return _number(text, lambda v: 0 < v < 1, "lie in (0, 1)")
 
 
 def non_negative_float(text: str) -> float:
     """A finite number ≥ 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
-    return value
+    return _number(text, lambda v: v >= 0, "be a finite number ≥ 0")
 
 
 def seed(text: str) -> int:
