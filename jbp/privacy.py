@@ -38,7 +38,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 
 from jbp.batch import batch_passes, check_batch
 from jbp.checks import check_key, finite_result, is_traced
@@ -138,8 +137,8 @@ def dp_noise(stddev: float, key: Array) -> optax.GradientTransformation:
 
     For DP-SGD with clipping norm ``C``, noise multiplier ``σ`` and expected
     batch size ``B``, applied to the clipped sum divided by ``B``, the
-    standard deviation is ``σ C / B``. One flat draw per step (threefry,
-    ``jax.random.normal`` of all the parameters at once) from
+    standard deviation is ``σ C / B``. One draw per step and parameter array
+    (threefry, ``jax.random.normal``) from the keys split off
     ``fold_in(key, step)``; the state is the key and the step count, so a
     checkpointed run draws the same noise when resumed.
 
@@ -160,9 +159,13 @@ def dp_noise(stddev: float, key: Array) -> optax.GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        flat, unravel = ravel_pytree(updates)
-        noise = jax.random.normal(jax.random.fold_in(state.key, state.count), flat.shape, flat.dtype)
-        return unravel(flat + stddev * noise), DPNoiseState(state.key, state.count + 1)
+        leaves, tree = jax.tree.flatten(updates)
+        keys = jax.random.split(jax.random.fold_in(state.key, state.count), len(leaves))
+        # One draw per leaf, not one flat draw cut into leaves: XLA fuses the cutting into the
+        # draw's consumers and then generates the whole flat draw again for every leaf (measured:
+        # the noise cost 15-50 ms a step inside fit's scan, against 3.7 ms drawn leaf by leaf).
+        noised = [u + stddev * jax.random.normal(k, u.shape, u.dtype) for u, k in zip(leaves, keys)]
+        return jax.tree.unflatten(tree, noised), DPNoiseState(state.key, state.count + 1)
 
     return optax.GradientTransformation(init, update)
 
