@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
+from common import write_json
 from bench import machine
 
 LEARNING_RATE = 0.1
@@ -369,8 +370,7 @@ def main(argv=None) -> int:
             results = json.load(f)
         results["scratch_memory"] = scratch_memory(sizes, batches, 0)
         _print_memory(results["scratch_memory"])
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.out, results)
         return 0
     results = {"machine": machine(), "sizes": sizes, "repeats": args.repeats, "steps": args.steps}
     print(f"machine: {results['machine']}")
@@ -404,10 +404,7 @@ def main(argv=None) -> int:
             print(f"  {name:<24}{cells}")
     results["scratch_memory"] = scratch_memory(sizes, batches, 0)
     _print_memory(results["scratch_memory"])
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"\nwrote {args.out}")
+    write_json(args.out, results)
     return 0
 
 

@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 import jbp
+from common import write_json
 from bench import machine
 from bench_extras import _median_times, jax_cost, sgd, torch_model
 
@@ -294,10 +295,7 @@ def main(argv=None) -> int:
     print("\nmemory (MB):")
     for row in results["memory"]:
         print("  " + ", ".join(f"{k} {v / 1e6:.1f}" if k != "batch" and v is not None else f"{k} {v}" for k, v in row.items()))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"\nwrote {args.out}")
+    write_json(args.out, results)
     return 0
 
 

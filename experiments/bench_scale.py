@@ -31,7 +31,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -42,7 +41,7 @@ import optax  # noqa: E402
 
 import jbp  # noqa: E402
 from bench import LEARNING_RATE, autodiff_cost, machine, make_steps  # noqa: E402
-from common import RESULTS  # noqa: E402
+from common import RESULTS, write_json  # noqa: E402
 from jbp import train as training  # noqa: E402
 
 SIZES = [784, 512, 512, 10]
@@ -149,12 +148,16 @@ def bare_scan(net, optimizer, batch, grads_of=jbp_grads):
     return epoch
 
 
-def waste_table(n, batch, rounds):
+def sgd_problem(n):
+    """The network, data, SGD, its state and a key that the waste and compile tables share."""
     net, params = net_params()
     X, Y = problem(n)
     optimizer = optax.sgd(LEARNING_RATE)
-    state = optimizer.init(params)
-    key = jax.random.key(1)
+    return net, params, X, Y, optimizer, optimizer.init(params), jax.random.key(1)
+
+
+def waste_table(n, batch, rounds):
+    net, params, X, Y, optimizer, state, key = sgd_problem(n)
     bare = bare_scan(net, optimizer, batch)
     jax.block_until_ready(bare(params, state, X, Y, key))
     kw = dict(loss=jbp.softmax_cross_entropy, optimizer=optimizer, batch_size=batch, key=key, drop_last=True)
@@ -169,11 +172,7 @@ def waste_table(n, batch, rounds):
 
 
 def compile_table(n, batch, rounds):
-    net, params = net_params()
-    X, Y = problem(n)
-    optimizer = optax.sgd(LEARNING_RATE)
-    state = optimizer.init(params)
-    key = jax.random.key(1)
+    net, params, X, Y, optimizer, state, key = sgd_problem(n)
 
     # each from cold: jax.clear_caches() first, so no trace or executable of an earlier round is reused
     def fit_program():
@@ -296,9 +295,7 @@ def main(argv=None) -> int:
     for row in r["predictions"]:
         print(f"  batch {row['global_batch']} on {row['devices']} devices ({row['per_device_batch']} each), "
               f"{row['link']}: all-reduce {row['all_reduce_ms']:.2f} ms, speed-up {row['predicted_speedup']:.1f}×")
-    with open(args.out, "w") as f:
-        f.write(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_json(args.out, results)
     return 0
 
 

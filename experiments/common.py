@@ -18,6 +18,14 @@ def pyplot():
     return plt
 
 
+def write_json(path, results: dict) -> None:
+    """Writes a benchmark's results to ``path`` (its folder made if need be) and says where."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {path}")
+
+
 def save(name: str, results: dict, figure) -> None:
     """Writes ``NAME.json`` and ``NAME.png`` into the results folder and says where."""
     folder = RESULTS
