@@ -59,6 +59,8 @@ def train(data, *, epsilon, lr, batch_size, max_norm, epochs, seed):
     privacy, sigma = None, None
     if epsilon is not None:  # None: not private at all
         sigma = jbp.privacy.noise_for_epsilon(epsilon, batch_size / n, steps, DELTA) if math.isfinite(epsilon) else 0.0
+        # a seeded key: the experiment repeats bit for bit, and is therefore not private (jbp.dp_sgd's default
+        # key, from the operating system, is what a private run uses)
         privacy = jbp.dp_sgd(max_norm, sigma, noise_key, delta=DELTA)
     started = time.perf_counter()
     result = jbp.fit(net, params, data.train.X, data.train.Y, loss="softmax_cross_entropy",

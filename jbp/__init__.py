@@ -59,7 +59,7 @@ from jbp.run import Run, load_run
 from jbp.explain import Explanation, explain
 from jbp import checkpoint, data, feedback, optimizers, privacy
 
-__version__ = "0.2.0"
+from jbp._version import __version__
 
 __all__ = [
     # activations

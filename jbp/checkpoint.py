@@ -42,6 +42,7 @@ from jbp.files import (
     atomic_write,
     max_bytes,
     npz_names,
+    parse_json,
     read_exact,
     read_npz,
     regular_file,
@@ -335,9 +336,9 @@ def load(
     if "meta" not in described:
         raise CheckpointError(f"{path} is not a jbp checkpoint: it has no description")
     try:
-        meta = json.loads(described["meta"].tobytes().decode())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: unreadable description: {err}") from None
+        meta = parse_json(described["meta"].tobytes(), f"{path}: the description")
+    except FileFormatError as err:
+        raise CheckpointError(str(err)) from None
     meta = _check_meta(meta, path)
     described = {tree: meta[tree] for tree in TREES}
     described.update({f"extra/{name}": leaves for name, leaves in meta.get("extras", {}).items()})

@@ -11,6 +11,7 @@ parameters' floating dtype (pixel counts and 0/1 features are common);
 complex, string and object arrays are refused with ``TypeError``.
 """
 
+import os
 from typing import Any
 
 import jax
@@ -49,6 +50,25 @@ def check_key(key: Any, name: str = "key") -> None:
             f"{name} must be one jax.random.key(seed), got {type(key).__name__}"
             + (f" of shape {shape} and dtype {dtype}" if shape is not None else f": {key!r}")
         )
+
+
+def available_memory() -> int:
+    """Bytes this process may still take: ``MemAvailable`` (Linux), else the physical memory.
+
+    What the memory checks compare their counts with (:func:`jbp.quantities.one_pass`, the data
+    loaders, ``jbp train``), before anything is allocated.
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 2**63
 
 
 def _rows_that(bad: np.ndarray) -> tuple[int, int]:

@@ -22,13 +22,23 @@ a ``K``, ``M``, ``G`` or ``T`` suffix (powers of 1024).
 
 Anything that is not what it should be raises :class:`FileFormatError` (a
 ``ValueError``) naming the file and what is wrong with it; nothing is ever
-unpickled.
+unpickled. JSON is parsed by one function (:func:`parse_json`), which refuses
+nesting deeper than :data:`JSON_MAX_DEPTH` instead of letting the parser
+recurse; zip archives are opened by one function, which turns every error the
+``zipfile`` module can raise on bad bytes (``NotImplementedError`` for an
+unknown version or compression among them) into :class:`FileFormatError`.
+
+Writes go through :func:`atomic_write`, which replaces only a regular file
+(or creates one): a symbolic link, a folder, a device, a FIFO or a socket at
+the path is refused, never replaced (see :func:`check_replaceable`).
 """
 
+import json
 import math
 import os
 import pathlib
 import re
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -44,6 +54,12 @@ ENVIRONMENT = "JBP_MAX_BYTES"
 CHUNK = 1 << 20  # bytes read at once while streaming
 GZIP_MAX_RATIO = 1032  # deflate cannot inflate one byte to more than about 1032
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+JSON_MAX_DEPTH = 64
+"""The deepest nesting of arrays and objects :func:`parse_json` accepts (jbp's own files nest 4 deep)."""
+# what zipfile raises on bytes it cannot read: BadZipFile for most, NotImplementedError for an unknown
+# version or compression method, RuntimeError for encryption, struct/zlib/EOF/OS errors for the rest
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, ValueError,
+              NotImplementedError, RuntimeError)
 
 
 class FileFormatError(ValueError):
@@ -141,14 +157,28 @@ def read_into(stream: IO[bytes], nbytes: int, path: Any, what: str) -> np.ndarra
     return out
 
 
-def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], None], *, one_link: bool = False) -> None:
     """Writes a file through ``write(f)`` to a temporary name, fsyncs it, and renames it over ``path``.
 
     The temporary file sits beside ``path`` as ``.NAME.jbp-XXXXXXXX.tmp``
     (see :func:`temporary_files`); on any failure (a full disk, Ctrl-C) it is
     removed and the old file, if any, is untouched.
+
+    Only a regular file is ever replaced (:func:`check_replaceable`), checked
+    before anything is written and again just before the rename; whatever
+    else is there (a symbolic link, a folder, a device, a FIFO, a socket)
+    stays as it was and :class:`FileFormatError` names it. The second check
+    narrows the window in which something else could appear at the path; it
+    cannot close it (no system call renames only over a regular file).
+
+    Args:
+      one_link: also refuse a regular file with more than one hard link (for
+        a file the user named: the rename would leave its other names holding
+        the old bytes). A run's own files leave it off, so that a copy of a
+        run made with hard links (``cp -al``) keeps the original's bytes.
     """
     path = pathlib.Path(path)
+    check_replaceable(path, one_link=one_link)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.jbp-", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # what open() would have given; mkstemp makes it private
@@ -156,6 +186,7 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], None]) 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        check_replaceable(path, one_link=one_link)  # again: something may have appeared there meanwhile
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
@@ -165,6 +196,89 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], None]) 
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What an ``os.lstat`` mode names: ``"a regular file"``, ``"a symbolic link"``, ``"a FIFO (named pipe)"``, …"""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def check_replaceable(path: "str | os.PathLike", *, one_link: bool = False) -> None:
+    """Refuses a path where writing a new file would destroy something other than a regular file.
+
+    Nothing there, or a regular file, is fine. The path itself is examined
+    (``os.lstat``), so a symbolic link is refused rather than followed:
+    replacing it would put a regular file in place of the link and leave
+    its target as it was, and following it would write wherever the link
+    points (as coreutils' careful tools, jbp does neither).
+
+    Raises:
+      FileFormatError: naming the path and what it is (a symbolic link, a
+        folder, a FIFO, a device, a socket; with ``one_link``, a file with
+        several hard links).
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    kind = file_kind(info.st_mode)
+    if kind != "a regular file":
+        raise FileFormatError(f"{path} is {kind}; jbp writes only a new file or over a regular file, "
+                              "so it is left as it is: name another file")
+    if one_link and info.st_nlink > 1:
+        raise FileFormatError(f"{path} has {info.st_nlink} hard links; writing a new file in its place would "
+                              "leave the other names with the old bytes, so it is left as it is: name another file")
+
+
+def parse_json(raw: "bytes | str", label: Any, max_depth: int = JSON_MAX_DEPTH) -> Any:
+    """JSON read from an untrusted file: UTF-8, strict (no ``NaN`` or ``Infinity``), nested at most ``max_depth`` deep.
+
+    The depth is counted on the bytes before the parser runs (the parser
+    recurses once per level, and a file of ``[[[[…`` would exhaust Python's
+    stack), so the value returned can be walked by any recursive code.
+
+    Raises:
+      FileFormatError: naming ``label``, for bytes that are not UTF-8, not
+        JSON, or nested too deep.
+    """
+    try:
+        text = raw.decode() if isinstance(raw, (bytes, bytearray)) else str(raw)
+    except UnicodeDecodeError as err:
+        raise FileFormatError(f"{label} is not valid JSON: {err}") from None
+    depth = _json_depth(text)
+    if depth > max_depth:
+        raise FileFormatError(f"{label} is not a file jbp wrote: its JSON nests {depth} levels deep, "
+                              f"more than the {max_depth} jbp reads")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:
+        raise FileFormatError(f"{label} is not valid JSON: {err}") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number (jbp never writes it)")
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` outside strings (one pass; the regular expression skips strings)."""
+    depth = deepest = 0
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
 
 
 def _umask() -> int:
@@ -222,7 +336,7 @@ def _open_zip(path: Any, label: Any, limit: int) -> zipfile.ZipFile:
         source = path
     try:
         return zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
+    except ZIP_ERRORS as err:
         raise FileFormatError(f"{label} is not a readable .npz (zip) archive: {err}") from None
 
 
@@ -295,7 +409,9 @@ def read_npz(
                             f"but holds {info.file_size - offset}"
                         )
                     raw = read_into(stream, nbytes, label, f"member {name!r}")
-            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError) as err:
+            except ZIP_ERRORS as err:
+                if isinstance(err, FileFormatError):
+                    raise
                 raise FileFormatError(f"{label}: member {name!r} is corrupt: {err}") from None
             arrays[name] = raw.view(dtype).reshape(shape, order="F" if fortran else "C")
     return arrays

@@ -18,8 +18,7 @@ per-sample gradient anywhere (book-keeping clipping, Bu et al. 2023).
 
 - :func:`clipped_grads`: the clipped mean gradient of a batch.
 - :func:`dp_noise`: ``N(0, stddev²)`` added to every update, an optax
-  transformation whose state is its key and a step count (so a run that is
-  checkpointed and resumed draws the same noise).
+  transformation whose state is its key and a step count.
 - :func:`dp_sgd`: the privacy options for :func:`jbp.fit`, which then
   samples each step's batch by Poisson sampling (every sample in
   independently with probability ``q = batch_size / n``), clips through the
@@ -27,16 +26,37 @@ per-sample gradient anywhere (book-keeping clipping, Bu et al. 2023).
   hands the result to any optax optimizer.
 - :func:`epsilon` and :func:`noise_for_epsilon`: Google's ``dp-accounting``
   (the ``privacy`` extra), RDP accounting of the Poisson-subsampled Gaussian.
+
+**Where the randomness comes from.** The guarantee holds only if nobody can
+redraw the noise or the batches: by default :func:`dp_sgd` draws its key from
+the operating system's entropy (:func:`os_key`, ``secrets.token_bytes``
+wrapped into a threefry key), and the resulting :class:`DPSGD` says so
+(``secure=True``). A run with such a key writes it nowhere (:func:`public_state`
+replaces it in what a checkpoint holds); continued, it draws a fresh key, so
+it does not repeat bit for bit (each step's noise is then fresh and
+independent, which the accounting assumes anyway). A key passed in makes the
+run reproducible and **not private**: whoever knows the key (or the seed it
+came from) can redraw the noise and subtract it (Opacus' ``secure_mode``
+warns the same way).
+
+**What ε covers.** The ε a run reports is that of every step behind the
+parameters it hands out, counted over the steps that actually ran; the
+training part's own statistics (loss, accuracy, batch sizes) are outside it,
+and :func:`jbp.fit` does not publish them for a private run unless asked.
+``δ`` must lie below ``1/n`` (:func:`check_delta`): a δ of ``1/n`` or more
+admits a mechanism that publishes one record whole.
 """
 
 import contextlib
 import logging
 import math
+import secrets
 from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jbp.batch import batch_passes, check_batch
@@ -140,7 +160,9 @@ def dp_noise(stddev: float, key: Array) -> optax.GradientTransformation:
     standard deviation is ``σ C / B``. One draw per step and parameter array
     (threefry, ``jax.random.normal``) from the keys split off
     ``fold_in(key, step)``; the state is the key and the step count, so a
-    checkpointed run draws the same noise when resumed.
+    run resumed with the same key draws the same noise (:func:`jbp.fit`
+    puts its :class:`DPSGD`'s noise key into the state it is given, and a
+    checkpoint of a secure run holds a placeholder instead, :func:`public_state`).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jbp
@@ -170,35 +192,165 @@ def dp_noise(stddev: float, key: Array) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-class DPSGD(NamedTuple):
-    """DP-SGD's options for :func:`jbp.fit` (see :func:`dp_sgd`)."""
+def os_key() -> Array:
+    """A threefry key from the operating system's entropy (64 bits, ``secrets.token_bytes``):
+    a key nobody else knows, which no seed reproduces."""
+    data = np.frombuffer(secrets.token_bytes(8), np.uint32).copy()
+    return jax.random.wrap_key_data(data, impl="threefry2x32")
 
+
+def placeholder_key(key: Array) -> Array:
+    """A fixed key of ``key``'s kind (all bits zero): what a secure run writes where its key would go."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        data = jnp.zeros(jax.random.key_data(key).shape, jnp.uint32)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
+    return jnp.zeros_like(key)
+
+
+class _DPSGDFields(NamedTuple):
     max_norm: float
     noise_multiplier: float
     key: Array
     delta: "float | None" = None
+    secure: bool = False
 
 
-def dp_sgd(max_norm: float, noise_multiplier: float, key: Array, delta: "float | None" = None) -> DPSGD:
+def _checked_fields(max_norm, noise_multiplier, key, delta, secure) -> tuple:
+    max_norm = _check_positive("max_norm", max_norm)
+    noise_multiplier = _check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
+    if key is None:
+        if secure is False:
+            raise ValueError("key=None draws the key from the operating system, which is secure; "
+                             "pass a key of your own for a reproducible run")
+        key, secure = os_key(), True
+    else:
+        check_key(key)
+        if secure is None:
+            secure = False
+        elif not isinstance(secure, bool):
+            raise TypeError(f"secure must be True or False, got {type(secure).__name__}: {secure!r}")
+        elif secure:
+            raise ValueError("secure=True holds only for a key drawn from the operating system (key=None): "
+                             "a key passed in is known to whoever made it")
+    if delta is not None:
+        delta = _check_delta(delta)
+    return max_norm, noise_multiplier, key, delta, secure
+
+
+class DPSGD(_DPSGDFields):
+    """DP-SGD's options for :func:`jbp.fit` (see :func:`dp_sgd`), checked when built.
+
+    Attributes:
+      max_norm: the clipping norm ``C``, finite and > 0.
+      noise_multiplier: ``σ``, finite and ≥ 0.
+      key: the key that draws both the noise and the Poisson batches (drawn
+        from the operating system when built with ``key=None``).
+      delta: the δ the run accounts ε at, in ``(0, 1)`` and below ``1/n``, or
+        ``None`` for no accounting.
+      secure: whether the key came from the operating system's entropy; a run
+        whose key was passed in is reproducible and not private.
+
+    Raises:
+      ValueError, TypeError: as :func:`dp_sgd`, and for ``secure=True`` with a
+        key passed in.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, max_norm: float, noise_multiplier: float, key: "Array | None" = None,
+                delta: "float | None" = None, secure: "bool | None" = None) -> "DPSGD":
+        return super().__new__(cls, *_checked_fields(max_norm, noise_multiplier, key, delta, secure))
+
+    def __reduce__(self):  # copies and pickles keep the fields as they are (``secure`` with its key)
+        return (DPSGD._make, (tuple(self),))
+
+    def __repr__(self) -> str:  # a secure key is never printed
+        key = "<from the operating system, not shown>" if self.secure else repr(self.key)
+        return (f"DPSGD(max_norm={self.max_norm!r}, noise_multiplier={self.noise_multiplier!r}, key={key}, "
+                f"delta={self.delta!r}, secure={self.secure!r})")
+
+
+# a pytree like any NamedTuple, rebuilt without the constructor's check (which refuses a key with secure=True)
+jax.tree_util.register_pytree_node(DPSGD, lambda p: (tuple(p), None), lambda _, fields: DPSGD._make(fields))
+
+
+def check_privacy(privacy: Any) -> DPSGD:
+    """Refuses anything but a :class:`DPSGD` with sound fields: one changed with ``_replace`` or
+    rebuilt with ``_make`` is checked again (clip, σ, key, δ; ``secure`` a bool). ``secure`` records
+    where the key came from; it cannot be checked against the key itself, so a field set by hand
+    to ``True`` is the caller's claim."""
+    if not isinstance(privacy, DPSGD):
+        raise TypeError(f"privacy must be what jbp.dp_sgd returns, got {type(privacy).__name__}")
+    if not isinstance(privacy.secure, bool):
+        raise TypeError(f"privacy.secure must be True or False, got {privacy.secure!r}")
+    check_key(privacy.key, "privacy.key")  # before the fields' check, which would draw a key for None
+    _checked_fields(privacy.max_norm, privacy.noise_multiplier, privacy.key, privacy.delta, None)  # raises only
+    return privacy
+
+
+def check_delta(delta: float, n: int, name: str = "delta") -> None:
+    """Refuses ``δ ≥ 1/n`` for ``n`` records: such a δ admits a mechanism that publishes one record whole.
+
+    Raises:
+      ValueError: naming ``n`` and ``1/n``.
+    """
+    if delta * n >= 1:
+        raise ValueError(f"{name} {delta:g} must lie below 1/n = {1 / n:.3g} for the n = {n} training samples "
+                         "(a δ of 1/n or more allows publishing a sample whole)")
+
+
+def dp_keys(privacy: DPSGD) -> tuple[Array, Array]:
+    """The noise's key and the Poisson sampling's key, both split off ``privacy.key``."""
+    noise, sampling = jax.random.split(privacy.key)
+    return noise, sampling
+
+
+def _noise_states(state: Any, change) -> Any:
+    is_noise = lambda leaf: isinstance(leaf, DPNoiseState)  # noqa: E731
+    return jax.tree.map(lambda leaf: change(leaf) if is_noise(leaf) else leaf, state, is_leaf=is_noise)
+
+
+def with_noise_key(opt_state: Any, key: Array) -> Any:
+    """The optimizer state with the key of every :func:`dp_noise` state in it set to ``key``
+    (the step count kept): how :func:`jbp.fit` continues a run with its own key."""
+    return _noise_states(opt_state, lambda state: DPNoiseState(key, state.count))
+
+
+def public_state(opt_state: Any) -> Any:
+    """The optimizer state with the key of every :func:`dp_noise` state in it replaced by a fixed
+    placeholder: what a secure run may write into a checkpoint."""
+    return _noise_states(opt_state, lambda state: DPNoiseState(placeholder_key(state.key), state.count))
+
+
+def dp_sgd(max_norm: float, noise_multiplier: float, key: "Array | None" = None,
+           delta: "float | None" = None) -> DPSGD:
     """The options that make :func:`jbp.fit` train with DP-SGD.
 
-    ``fit(..., batch_size=B, privacy=jbp.dp_sgd(C, σ, key, delta=δ))`` draws
+    ``fit(..., batch_size=B, privacy=jbp.dp_sgd(C, σ, delta=δ))`` draws
     each step's batch by Poisson sampling with ``q = B / n`` (an epoch is
     ``round(n / B)`` steps), clips every sample's gradient to ``C``, sums,
-    divides by ``B``, adds ``N(0, (σ C / B)²)`` (:func:`dp_noise`, keyed by
-    ``key``) and applies the optimizer. With ``delta``, every epoch's record
-    holds the ``epsilon`` spent so far (:func:`epsilon`).
+    divides by ``B``, adds ``N(0, (σ C / B)²)`` (:func:`dp_noise`) and
+    applies the optimizer. With ``delta``, every epoch's record holds the
+    ``epsilon`` of every step so far (:func:`epsilon`).
+
+    The noise and the batches are drawn from two keys split off ``key``.
+    ``key=None`` (the default) draws it from the operating system's entropy
+    (:func:`os_key`): the run is private, and cannot be repeated bit for
+    bit. A key passed in (``jax.random.key(seed)``) makes the run
+    reproducible and **not private**: anyone who knows it can redraw the
+    noise and subtract it; for experiments only. ``DPSGD.secure`` says which.
 
     Raises:
       ValueError: ``max_norm`` ≤ 0 or not finite, a noise multiplier < 0,
         ``delta`` outside ``(0, 1)``.
       TypeError: a key that is not a key.
+
+    Example:
+      >>> import jbp
+      >>> private = jbp.dp_sgd(1.0, 1.1, delta=1e-5)
+      >>> private.secure
+      True
     """
-    max_norm = _check_positive("max_norm", max_norm)
-    noise_multiplier = _check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
-    check_key(key)
-    if delta is not None:
-        _check_delta(delta)
     return DPSGD(max_norm, noise_multiplier, key, delta)
 
 

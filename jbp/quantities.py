@@ -57,9 +57,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jbp.batch import batch_passes, check_batch
-from jbp.checks import check_key, finite_result
+from jbp.checks import available_memory, check_key, finite_result
 from jbp.losses import Loss, get_loss
 from jbp.network import MLP, Dense, backpropagate
 from jbp.parallel import contract, gram, rows_like
@@ -164,12 +165,57 @@ def _quantities(net, params, X, Y, loss, key, names, samples):
     return {name: out[name] for name in names}
 
 
-def _check_samples(samples: Any) -> int:
-    if isinstance(samples, bool) or not isinstance(samples, int):
+MAX_DRAWS = 2**31 - 1
+"""The most draws (rows × samples) one call may take: one array's length in XLA's 32-bit indexing."""
+
+
+def _check_samples(samples: Any, m: int) -> int:
+    """``samples`` as a Python int ≥ 1 (NumPy integers pass; bool, floats and strings do not), with
+    ``m × samples`` within :data:`MAX_DRAWS`."""
+    if isinstance(samples, (bool, np.bool_)) or not isinstance(samples, (int, np.integer)):
         raise TypeError(f"samples must be a whole number ≥ 1, got {type(samples).__name__}: {samples!r}")
+    samples = int(samples)
     if samples < 1:
         raise ValueError(f"samples must be a whole number ≥ 1, got {samples}")
+    if m * samples > MAX_DRAWS:
+        raise ValueError(f"samples={samples:,} over {m:,} rows asks for {m * samples:,} draws; at most "
+                         f"{MAX_DRAWS:,} fit in one array (draw in several calls, or fewer per row)")
     return samples
+
+
+def memory_needed(net: MLP, m: int, itemsize: int, names: Sequence[str], samples: int = 1) -> dict[str, int]:
+    """Bytes :func:`one_pass` will hold at its peak, per part, from the shapes alone.
+
+    The passes: ``3 m Σ n_l`` numbers (pre-activations, activations, deltas). The Gram matrix: four
+    ``m × m`` arrays (two layer Grams, their product, the running sum). Carried-back columns, ``c``
+    per row (``n_L`` exact, ``samples`` sampled): the columns and their transports through every
+    layer, ``3 m c Σ_{l≥1} n_l`` (the carry, BP2's temporaries, the Kronecker factors' reshaped
+    copy), plus ``8 m c`` bytes of keys for the draws.
+    """
+    widths = tuple(net.sizes)
+    later = sum(widths[1:])
+    parts = {"the forward and backward passes": 3 * m * sum(widths) * itemsize}
+    if "per_example_grad_gram" in names:
+        parts["the Gram matrix"] = 4 * m * m * itemsize
+    if {"diag_ggn", "kflr"} & set(names):
+        parts["the output Hessian's columns carried back"] = 3 * m * widths[-1] * (widths[-1] + later) * itemsize
+    if {"diag_ggn_mc", "kfac"} & set(names):
+        parts["the sampled columns carried back"] = m * samples * (8 + 3 * later * itemsize)
+    return parts
+
+
+def _check_memory(net: MLP, X: Array, names: Sequence[str], samples: int) -> None:
+    m, itemsize = X.shape[0], np.dtype(X.dtype).itemsize
+    parts = memory_needed(net, m, itemsize, names, samples)
+    needed, available = sum(parts.values()), available_memory()
+    if needed > available:
+        largest = max(parts, key=parts.get)
+        asked = f", samples={samples:,}" if {"diag_ggn_mc", "kfac"} & set(names) else ""
+        raise ValueError(
+            f"{', '.join(names)} on {m:,} rows{asked} needs about {needed / 1e9:.3g} GB ({largest}: "
+            f"{parts[largest] / 1e9:.3g} GB), and this machine has {available / 1e9:.3g} GB available; "
+            "take fewer rows at a time" + (" or fewer samples" if asked else "")
+        )
 
 
 def _check_curvature(net: MLP, loss: Loss, names: Sequence[str]) -> None:
@@ -215,11 +261,22 @@ def one_pass(
         ``"diag_ggn"``, ``"diag_ggn_mc"``, ``"kflr"`` (exact Kronecker
         factors), ``"kfac"`` (sampled ones).
       key: a ``jax.random.key``, needed by ``diag_ggn_mc`` and ``kfac``.
-      samples: draws per sample for those two.
+      samples: draws per sample for those two: a whole number ≥ 1, with
+        ``m × samples`` at most :data:`MAX_DRAWS`.
+
+    The memory the call will hold (:func:`memory_needed`: the passes, an
+    ``m × m`` Gram matrix, the carried-back columns) is counted from the
+    shapes and compared with the memory available before anything is
+    allocated.
 
     Returns:
       ``{name: value}``, each value as its own function returns it, plus
       ``"loss"`` (the batch's mean cost, no L2).
+
+    Raises:
+      ValueError: also when the memory needed exceeds the memory available,
+        naming both and the largest part; TypeError for ``samples`` that is
+        not a whole number.
 
     Example:
       >>> import jax, jax.numpy as jnp, jbp
@@ -237,8 +294,9 @@ def one_pass(
     if unknown:
         raise ValueError(f"unknown quantity {unknown[0]!r}; expected any of {', '.join(QUANTITIES)}")
     X, Y = check_batch(net, params, X, Y, loss)
-    samples = _check_samples(samples)
+    samples = _check_samples(samples, X.shape[0] if {"diag_ggn_mc", "kfac"} & set(names) else 1)
     _check_curvature(net, loss, names)
+    _check_memory(net, X, names, samples)
     if {"diag_ggn_mc", "kfac"} & set(names):
         if key is None:
             raise TypeError("diag_ggn_mc and kfac draw targets: pass key=jax.random.key(seed)")

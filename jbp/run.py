@@ -20,10 +20,12 @@ a name in :data:`FILES`).
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
 import pathlib
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp.feedback import KINDS, by_name
-from jbp.files import FileFormatError, read_into, regular_file, temporary_files
+from jbp.files import FileFormatError, check_replaceable, parse_json, read_into, regular_file, temporary_files
 
 FILES = ("config.json", "metrics.jsonl", "checkpoint.ckpt", "params.npz", "summary.json", "plot.png", "preprocessing.json")
 """The files a run writes in its folder."""
@@ -50,8 +52,8 @@ class RunFolder:
     until :meth:`release`, the end of the ``with`` block or of the process.
     """
 
-    def __init__(self, path: pathlib.Path, lock_fd: int):
-        self.path, self._lock_fd = path, lock_fd
+    def __init__(self, path: pathlib.Path, lock_fd: int, created: bool = False):
+        self.path, self._lock_fd, self.created = path, lock_fd, created
 
     def __enter__(self) -> "RunFolder":
         return self
@@ -135,7 +137,7 @@ class RunFolder:
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return cls(path, fd)
+        return cls(path, fd, created)
 
     def clean_temporaries(self) -> list[pathlib.Path]:
         """Removes what this run's interrupted writes left (and nothing else); returns what was removed."""
@@ -143,6 +145,38 @@ class RunFolder:
         for path in removed:
             path.unlink(missing_ok=True)
         return removed
+
+    def discard_unused(self) -> bool:
+        """Undoes a run that leaves nothing worth keeping, so that no dead folder stays behind.
+
+        When the folder holds neither ``checkpoint.ckpt`` nor ``params.npz``, and nothing but
+        the regular files of :data:`FILES`, their temporaries and the lock, those files are
+        removed, and the folder itself when this run created it (an empty folder given with
+        ``--out`` stays, empty, ready to be used again). Anything else there, a file the run did
+        not write or a run's results, leaves everything as it is. Call it while holding the
+        folder, when a new run is refused or stops before its first checkpoint.
+
+        Returns:
+          Whether the run's files were removed.
+        """
+        if self._lock_fd is None:
+            return False
+        entries = list(self.path.iterdir())
+        temporaries = set(temporary_files(self.path, FILES))
+        ours = [p for p in entries if p in temporaries or (p.name in FILES and p.is_file() and not p.is_symlink())]
+        others = [p for p in entries if p not in ours and p.name != LOCK]
+        if others or any(p.name in ("checkpoint.ckpt", "params.npz") for p in ours):
+            return False
+        for path in ours:
+            path.unlink(missing_ok=True)
+        if self.created:
+            (self.path / LOCK).unlink(missing_ok=True)
+            self.release()
+            try:
+                self.path.rmdir()
+            except OSError:  # something appeared meanwhile: it stays, and the folder with it
+                pass
+        return True
 
     def release(self) -> None:
         """Lets another process take the folder (the lock file itself stays)."""
@@ -192,6 +226,11 @@ CONFIG_DEFAULTS = {
     "patience": None, "steps_per_epoch": None, "schedule_epochs": None, "dtype": "float32",
     "dp_clip": None, "dp_noise": None, "dp_delta": None, "dp_epsilon": None, "rule": "backprop",
     "compute_dtype": None,
+    # a private run's noise drawn from its seed (not private); null in runs from before the option, whose
+    # noise came from the seed: read as true for a private run (check_config)
+    "dp_reproducible": None,
+    # records of what the run was trained with, checked when it is read back (None: a run from before them)
+    "data_fingerprint": None, "preprocessing_sha256": None,
 }
 CONFIG_KEYS = ("sizes", "hidden", "output", "loss", "optimizer", "lr", "l2", "epochs", "batch_size", "seed", "data",
                "drop_last", *CONFIG_DEFAULTS)
@@ -259,6 +298,10 @@ def check_config(config: Any, where: str) -> dict:
         "dp_epsilon": (optional(lambda v: number(v) and v > 0), "a finite number > 0, or null"),
         "rule": (lambda v: v in KINDS, f"one of {', '.join(KINDS)}"),
         "compute_dtype": (optional(lambda v: v in COMPUTE_DTYPES), f"one of {', '.join(COMPUTE_DTYPES)}, or null"),
+        "dp_reproducible": (optional(lambda v: isinstance(v, bool)), "true, false or null"),
+        "data_fingerprint": (optional(_is_fingerprint), "null or {\"sha256\": 64 hex digits or null, \"rows\": "
+                             "{\"train\", \"validation\", \"test\": whole numbers}}"),
+        "preprocessing_sha256": (optional(_is_sha256), "64 hex digits, or null"),
     }
     for key, (ok, expected) in checks.items():
         if not ok(config[key]):
@@ -268,9 +311,26 @@ def check_config(config: Any, where: str) -> dict:
         raise FileFormatError(f"{where}: hidden names {len(hidden)} activations for {n_hidden} hidden layers")
     if config["dp_clip"] is not None and (config["dp_noise"] is None or config["dp_delta"] is None):
         raise FileFormatError(f"{where}: a private run (dp_clip) needs dp_noise and dp_delta")
+    if config["dp_reproducible"] is None:  # a run from before the option: a private one drew its noise from the seed
+        config["dp_reproducible"] = config["dp_clip"] is not None
+    if config["dp_reproducible"] and config["dp_clip"] is None:
+        raise FileFormatError(f"{where}: dp_reproducible is an option of a private run (dp_clip)")
     if config["dp_clip"] is not None and config["rule"] != "backprop":
         raise FileFormatError(f"{where}: a private run trains with backprop, not {config['rule']}")
     return config
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _is_fingerprint(value: Any) -> bool:
+    rows = value.get("rows") if isinstance(value, dict) else None
+    return (isinstance(value, dict) and set(value) in ({"sha256", "rows"}, {"sha256", "held_out_sha256", "rows"})
+            and (value["sha256"] is None or _is_sha256(value["sha256"]))
+            and (value.get("held_out_sha256") is None or _is_sha256(value["held_out_sha256"]))
+            and isinstance(rows, dict) and set(rows) == set(SPLITS)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in rows.values()))
 
 
 def _read_json(path: "str | os.PathLike", name: str, limit: int, too_large: str) -> tuple[Any, pathlib.Path]:
@@ -281,10 +341,7 @@ def _read_json(path: "str | os.PathLike", name: str, limit: int, too_large: str)
         raise FileFormatError(f"{path} is {size} bytes; {too_large}")
     with open(path, "rb") as f:
         raw = read_into(f, size, path, name).tobytes()
-    try:
-        return json.loads(raw.decode()), path
-    except (ValueError, UnicodeDecodeError) as err:
-        raise FileFormatError(f"{path} is not valid JSON: {err}") from None
+    return parse_json(raw, path), path
 
 
 def read_config(path: "str | os.PathLike") -> dict:
@@ -373,7 +430,8 @@ def build(config: dict) -> Built:
     if config["dp_clip"] is not None:
         from jbp.privacy import dp_sgd
 
-        privacy = dp_sgd(config["dp_clip"], config["dp_noise"], jax.random.fold_in(key, 3), delta=config["dp_delta"])
+        noise_key = jax.random.fold_in(key, 3) if config["dp_reproducible"] else None  # None: the OS's entropy
+        privacy = dp_sgd(config["dp_clip"], config["dp_noise"], noise_key, delta=config["dp_delta"])
     dtype = jnp.dtype(config["dtype"])
     feedback = None if config["rule"] == "backprop" else by_name(config["rule"], net, jax.random.fold_in(key, 4), dtype)
     return Built(net, get_loss(config["loss"]), optimizer, init_key, shuffle_key, dtype, privacy, config["batch_size"],
@@ -425,13 +483,237 @@ class Run(NamedTuple):
         return arguments
 
 
-def read_preprocessing(path: "str | os.PathLike"):
-    """A run's ``preprocessing.json``, read as untrusted bytes and checked."""
+def read_preprocessing(path: "str | os.PathLike", sha256: "str | None" = None):
+    """A run's ``preprocessing.json``, read as untrusted bytes and checked.
+
+    Args:
+      path: the file.
+      sha256: the digest the run recorded of it (its configuration's
+        ``preprocessing_sha256``, :func:`preprocessing_sha256`); None for a
+        run written before jbp kept one.
+
+    Raises:
+      FileFormatError: for a file that is not JSON, breaks the schema, or
+        whose digest is not the one recorded (an edited file).
+    """
     from jbp.data.preprocessing import Preprocessing
 
     value, path = _read_json(path, "preprocessing.json", 256 * CONFIG_LIMIT,
                              "more than any preprocessing jbp writes")
+    if sha256 is not None and preprocessing_sha256(value) != sha256:
+        raise FileFormatError(f"{path} is not the preprocessing this run trained with: its SHA-256 differs from "
+                              "the run's record (preprocessing_sha256 in its configuration); was it edited?")
     return Preprocessing.from_json(value, str(path))
+
+
+# --- what a run records of its data and preprocessing, and the checks of a run's files against each other
+
+SPLITS = ("train", "validation", "test")
+
+
+def preprocessing_sha256(preprocessing: Any) -> str:
+    """The SHA-256 of a preprocessing's canonical JSON (keys sorted, no spaces, ASCII).
+
+    ``preprocessing`` is a :class:`~jbp.data.preprocessing.Preprocessing` or
+    its JSON form as read from ``preprocessing.json``: both give the same
+    digest, since JSON keeps every number jbp writes exactly.
+    """
+    value = preprocessing.to_json() if hasattr(preprocessing, "to_json") else preprocessing
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _digest(dataset: Any, parts: "tuple[str, ...]") -> str:
+    """SHA-256 of the named parts' inputs and labels: their names, dtypes, shapes and bytes (labels
+    as 64-bit integers)."""
+    digest = hashlib.sha256(b"jbp-data/1\n")
+    for name in parts:
+        part = getattr(dataset, name)
+        for field, array in (("X", np.asarray(part.X)), ("labels", np.asarray(part.labels, np.int64))):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{name}.{field} {array.dtype.str} {array.shape}\n".encode())
+            digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def data_fingerprint(dataset: Any, *, private: bool = False) -> dict:
+    """What a run records of the data it trained on: ``{"sha256": …, "rows": {"train": …, …}}``.
+
+    The digest covers every part's inputs and labels: their names, dtypes,
+    shapes and bytes (labels as 64-bit integers), so any changed, added or
+    removed row, and any change of how the file is read, changes it.
+
+    Args:
+      dataset: a :class:`jbp.data.Dataset`.
+      private: no digest of the training part (``sha256`` None): a digest of
+        the exact training set is a function of every row that differential
+        privacy does not cover, since whoever knows all rows but one could
+        test guesses of the last one against it. The row counts and a digest
+        of the held-out parts (``held_out_sha256``: validation and test,
+        which the guarantee does not cover anyway) are kept, so a file whose
+        held-out rows changed is still noticed.
+    """
+    rows = {name: int(len(getattr(dataset, name).X)) for name in SPLITS}
+    if private:
+        return {"sha256": None, "held_out_sha256": _digest(dataset, SPLITS[1:]), "rows": rows}
+    return {"sha256": _digest(dataset, SPLITS), "rows": rows}
+
+
+def run_inputs(folder: "str | os.PathLike") -> list[pathlib.Path]:
+    """What a command reading a run also reads: its folder, and its data file or folder (for
+    ``csv:``, ``npz:``, ``mnist:`` … data), so that no output of that command replaces them."""
+    folder = pathlib.Path(folder)
+    spec = read_config(folder / "config.json")["data"]
+    return [folder] + ([pathlib.Path(spec.split(":", 1)[1]).expanduser()] if ":" in spec else [])
+
+
+def check_data(config: dict, dataset: Any, where: Any, hint: str = "") -> None:
+    """Refuses data that are not those the run trained on (its configuration's ``data_fingerprint``).
+
+    A run written before jbp kept a fingerprint passes unchecked.
+
+    Raises:
+      ValueError: saying that the data changed and how (the row counts of each part, or the same
+        counts with other values), followed by ``hint``.
+    """
+    saved = config.get("data_fingerprint")
+    if saved is None:
+        return
+    now = data_fingerprint(dataset, private=saved["sha256"] is None)
+    if "held_out_sha256" not in saved:  # a private run recorded before the held-out digest: its row counts
+        now.pop("held_out_sha256", None)
+    if now == saved:
+        return
+    counts = lambda f: ", ".join(f"{name} {f['rows'][name]}" for name in SPLITS)  # noqa: E731
+    how = (f"the rows were {counts(saved)}, they are {counts(now)}" if now["rows"] != saved["rows"]
+           else "the row counts are the same, the values are not")
+    raise ValueError(f"the data {config['data']} changed since the run in {where} was trained on it: {how}"
+                     + (f"; {hint}" if hint else ""))
+
+
+def check_preprocessing(preprocessing: Any, sizes: "list[int]", where: Any) -> None:
+    """Refuses a preprocessing that does not fit the run's network.
+
+    The classes must be one per output (two for a single sigmoid output),
+    the statistics one per input. (What can be checked without the network,
+    a divisor in range, a positive std, two classes or more, is
+    :meth:`~jbp.data.preprocessing.Preprocessing.from_json`'s.)
+
+    Raises:
+      FileFormatError: naming ``where`` and what does not fit.
+    """
+    n_in, n_out = sizes[0], sizes[-1]
+    classes = len(preprocessing.classes)
+    if classes != (2 if n_out == 1 else n_out):
+        raise FileFormatError(f"{where} names {classes} class{'es' * (classes != 1)} for a network of {n_out} "
+                              f"output{'s' * (n_out != 1)}; it needs {2 if n_out == 1 else n_out}")
+    for name in ("mean", "std"):
+        stats = getattr(preprocessing, name)
+        if stats is not None and len(stats) != n_in:
+            raise FileFormatError(f"{where}: {name} has {len(stats)} values for a network of {n_in} inputs")
+
+
+RESUME_MAY_CHANGE = ("epochs", "schedule_epochs")
+"""The keys of ``config.json`` that ``--resume`` rewrites before the checkpoint catches up."""
+
+
+def check_against_checkpoint(config: dict, saved: Any, config_path: Any, checkpoint_path: Any) -> dict:
+    """Refuses a configuration that differs from the one the checkpoint holds (an edited ``config.json``).
+
+    The checkpoint's own copy (checked against the schema) is the run's:
+    every key must agree but :data:`RESUME_MAY_CHANGE`. Used by
+    :func:`load_run` and by ``jbp train --resume``.
+
+    Returns:
+      The checkpoint's configuration, checked.
+
+    Raises:
+      FileFormatError: naming both files, the keys that differ and the first difference.
+    """
+    saved = check_config(saved, f"{checkpoint_path}: its configuration")
+    differ = [k for k in CONFIG_KEYS if k not in RESUME_MAY_CHANGE and saved[k] != config[k]]
+    if differ:
+        first = differ[0]
+        others = f" (and on {', '.join(differ[1:])})" if differ[1:] else ""
+        raise FileFormatError(
+            f"{config_path} and the checkpoint disagree on {first}: {_short(config[first])} in "
+            f"{pathlib.Path(config_path).name}, {_short(saved[first])} in {pathlib.Path(checkpoint_path).name}{others}; "
+            "the checkpoint's configuration is the run's (was config.json edited?)"
+        )
+    return saved
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run_folder_of(path: "str | os.PathLike") -> "pathlib.Path | None":
+    """The jbp run folder that ``path`` lies in (the folder itself, or any folder above it), or None.
+
+    A folder is a run's when it holds the lock a run takes (``.jbp.lock``)
+    or a ``checkpoint.ckpt``, or a ``config.json`` beside another of the
+    files a run writes (:data:`FILES`). Links and ``..`` are resolved first.
+    """
+    here = pathlib.Path(os.path.realpath(path))
+    for folder in (here, *here.parents):
+        has = lambda name: os.path.lexists(folder / name)  # noqa: E731
+        if has(LOCK) or has("checkpoint.ckpt") or (has("config.json") and any(has(n) for n in FILES if n != "config.json")):
+            return folder
+    return None
+
+
+def check_output(path: "str | os.PathLike", *, inputs: "Iterable[str | os.PathLike]" = (),
+                 option: str = "--out") -> pathlib.Path:
+    """Refuses an output file whose writing would destroy something the user did not mean to replace.
+
+    Checked in this order, before any work and again just before writing:
+
+    1. What is at the path must be nothing or a regular file with one link
+       (:func:`jbp.files.check_replaceable`): a symbolic link, a folder, a
+       FIFO, a device, a socket or a file with other hard links is refused.
+    2. Its folder must exist.
+    3. It must not be one of ``inputs`` (the same device and inode, however
+       spelled: through links, ``..``, another name); an input that is a
+       folder stands for the files directly in it.
+    4. It must not lie inside a run's folder (:func:`run_folder_of`): a
+       run's folder holds the run's own files only, and writing there could
+       replace its checkpoint, parameters or configuration.
+
+    Returns:
+      The path.
+
+    Raises:
+      FileFormatError: (a ``ValueError``) naming ``option``, the path and the reason.
+    """
+    path = pathlib.Path(path)
+    try:
+        check_replaceable(path, one_link=True)
+    except FileFormatError as err:
+        raise FileFormatError(f"{option} {err}") from None
+    if not path.parent.is_dir():
+        raise FileFormatError(f"{option} {path}: no folder {path.parent} to write it in")
+    folder = run_folder_of(path.parent)
+    if folder is not None:
+        raise FileFormatError(f"{option} {path} lies inside the run folder {folder}; a run's folder holds the run's "
+                              "own files only: name a file outside it")
+    if os.path.lexists(path):
+        target = os.stat(path)
+        for source in inputs:
+            source = pathlib.Path(source)
+            try:
+                candidates = list(source.iterdir()) if source.is_dir() else [source]
+            except OSError:
+                candidates = [source]
+            for candidate in candidates:
+                try:
+                    same = os.path.samestat(os.stat(candidate), target)
+                except OSError:
+                    continue
+                if same:
+                    raise FileFormatError(f"{option} {path} is the input {candidate}; jbp never writes over its own "
+                                          "input: name another file")
+    return path
 
 
 def load_run(path: "str | os.PathLike", limit: "int | str | None" = None) -> Run:
@@ -444,10 +726,15 @@ def load_run(path: "str | os.PathLike", limit: "int | str | None" = None) -> Run
     Returns:
       A :class:`Run`.
 
+    The files are checked against each other: ``config.json`` against the
+    configuration the checkpoint holds (:func:`check_against_checkpoint`),
+    ``preprocessing.json`` against the digest the configuration recorded
+    and against the network (:func:`check_preprocessing`).
+
     Raises:
       FileNotFoundError: for a folder with no checkpoint or configuration.
       FileFormatError: (a ``ValueError``) for any file that is not what the
-        run wrote, naming it.
+        run wrote, or that disagrees with another of the run's files, naming it.
 
     Example (continuing a run to 60 epochs)::
 
@@ -467,6 +754,7 @@ def load_run(path: "str | os.PathLike", limit: "int | str | None" = None) -> Run
     state = ckpt.load(folder / "checkpoint.ckpt", params_like=template,
                       opt_state_like=built.training_optimizer.init(template), limit=limit,
                       extras_like=built.extras_like(template, config["patience"]))
+    check_against_checkpoint(config, state.config, folder / "config.json", folder / "checkpoint.ckpt")
     feedback = built.feedback
     if feedback is not None and feedback.learns:
         feedback = feedback.replace(state.extras["feedback"])
@@ -476,12 +764,16 @@ def load_run(path: "str | os.PathLike", limit: "int | str | None" = None) -> Run
         shapes = [(layer.W.shape, layer.b.shape) for layer in template]
         if [(layer.W.shape, layer.b.shape) for layer in params] != shapes:
             raise FileFormatError(f"{folder / 'params.npz'} does not fit the network of {folder / 'config.json'}")
-    if (folder / "preprocessing.json").exists():
-        preprocessing = read_preprocessing(folder / "preprocessing.json")
+    if os.path.lexists(folder / "preprocessing.json") or config["preprocessing_sha256"] is not None:
+        preprocessing = read_preprocessing(folder / "preprocessing.json", config["preprocessing_sha256"])
+        where = folder / "preprocessing.json"
     else:  # a run written before preprocessing was kept: rebuild it from the data
         from jbp import data
 
-        preprocessing = data.load(config["data"], limit, standardize=config["standardize"], target=config["target"],
-                                  header=config["header"]).preprocessing
+        dataset = data.load(config["data"], limit, standardize=config["standardize"], target=config["target"],
+                            header=config["header"])
+        check_data(config, dataset, folder)
+        preprocessing, where = dataset.preprocessing, f"the preprocessing of {config['data']}"
+    check_preprocessing(preprocessing, config["sizes"], where)
     return Run(built.net, built.loss, built.optimizer, params, config, state.history, preprocessing, state, folder,
                built.privacy, feedback)

@@ -8,7 +8,10 @@ on the device from the epoch's permutation, so the data set is never copied.
 
 The shuffle of epoch ``e`` comes from ``jax.random.fold_in(key, e)``: the same
 key and data give the same parameters bit for bit, and a run resumed after
-epoch ``e`` continues exactly as if it had never stopped.
+epoch ``e`` continues exactly as if it had never stopped. A private run
+(``privacy``) draws its batches and its noise from its :class:`~jbp.DPSGD`'s
+key instead, by default one from the operating system's entropy, which no
+run repeats (:mod:`jbp.privacy`).
 
 L2 follows Coursera's full-set cost: with ``n`` training samples, each step's
 gradient is ``(1/m_b) Σ δ a^T + (λ/n) W``, an unbiased estimate of the gradient
@@ -16,6 +19,7 @@ of ``J = (1/n) Σ C + (λ/2n) Σ ‖W‖²`` (the weight decay of Nielsen's
 ``network2.py``, ``(1 - ηλ/n) w``).
 """
 
+import inspect
 import math
 import sys
 import time
@@ -35,7 +39,8 @@ from jbp.network import MLP, Dense, check_params
 from jbp.feedback import Feedback, angle, check_feedback
 from jbp import parallel
 from jbp.parallel import shard_rows
-from jbp.privacy import DPSGD, clipped_sum, dp_noise, epsilon
+from jbp.privacy import (DPSGD, check_delta, check_privacy, clipped_sum, dp_keys, dp_noise, epsilon, public_state,
+                          with_noise_key)
 
 Array = jax.Array
 
@@ -65,12 +70,17 @@ class FitResult(NamedTuple):
 class TrainingDiverged(FloatingPointError):
     """A step's loss was NaN or infinite. ``params`` and ``opt_state`` are
     the last finite ones, from before that step; ``history`` holds the epochs
-    that finished."""
+    that finished. For a private run, ``steps`` counts the private steps
+    behind ``params`` (those of the finished epochs and of the failing epoch
+    before the failing step) and ``epsilon`` is their ε (None without a δ;
+    ∞ without noise); both None otherwise."""
 
-    def __init__(self, message: str, epoch: int, step: int, params, opt_state, history):
+    def __init__(self, message: str, epoch: int, step: int, params, opt_state, history,
+                 steps: "int | None" = None, epsilon: "float | None" = None):
         super().__init__(message)
         self.epoch, self.step = epoch, step
         self.params, self.opt_state, self.history = params, opt_state, history
+        self.steps, self.epsilon = steps, epsilon
 
 
 def targets_are_classes(Y: Any) -> bool:
@@ -274,9 +284,10 @@ def _apply(optimizer, carry, grads, J, guard):
 
 def private_optimizer(privacy: DPSGD, optimizer: optax.GradientTransformation, batch_size: int):
     """DP-SGD's noise, ``N(0, (σ C / B)²)`` on the clipped sum divided by the expected batch
-    size ``B``, then the optimizer: the transformation :func:`fit` applies with ``privacy``."""
+    size ``B``, then the optimizer: the transformation :func:`fit` applies with ``privacy``.
+    The noise's key is the first of :func:`jbp.privacy.dp_keys`."""
     stddev = privacy.noise_multiplier * privacy.max_norm / batch_size
-    return optax.chain(dp_noise(stddev, privacy.key), optimizer)
+    return optax.chain(dp_noise(stddev, dp_keys(privacy)[0]), optimizer)
 
 
 def poisson_capacities(n: int, batch_size: int, multiple: int = 1) -> tuple[int, ...]:
@@ -328,7 +339,8 @@ def _private_epoch(net, params, opt_state, X, Y, key, max_norm, *, loss, optimiz
             Dense(W=s.W / batch_size + (l2 / n) * layer.W, b=s.b / batch_size) for s, layer in zip(sums, params)
         )
         J = cost / jnp.maximum(count, 1)
-        carry, ok = _apply(optimizer, carry, grads, J, guard)
+        # the guard judges the released parameters and state only, never the samples' costs
+        carry, ok = _apply(optimizer, carry, grads, jnp.zeros_like(J), guard)
         return carry, (J, ok, count)
 
     carry = (params, opt_state, None, jnp.array(True))
@@ -366,120 +378,34 @@ def _check_count(name: str, value: Any, low: int, high: "int | None" = None) -> 
     return int(value)
 
 
-def fit(
-    net: MLP,
-    params: Sequence[Dense],
-    X: Array,
-    Y: Array,
-    *,
-    loss: "Loss | str",
-    optimizer: optax.GradientTransformation,
-    epochs: int,
-    batch_size: int,
-    key: Array,
-    l2: float = 0.0,
-    validation: "tuple[Array, Array] | None" = None,
-    drop_last: bool = False,
-    opt_state: Any = None,
-    start_epoch: int = 0,
-    history: Sequence[dict] = (),
-    on_epoch: "Callable[[dict, tuple[Dense, ...], Any], None] | None" = None,
-    progress: bool = False,
-    patience: "int | None" = None,
-    best_params: "Sequence[Dense] | None" = None,
-    privacy: "DPSGD | None" = None,
-    feedback: "Feedback | None" = None,
-    mesh: "jax.sharding.Mesh | None" = None,
-    eval_every: int = 1,
-    train_metrics: bool = True,
-    compute_dtype: Any = None,
-) -> FitResult:
-    """Trains a network with an optax optimizer on minibatches.
+class _Checked(NamedTuple):
+    """:func:`fit`'s arguments after every check, in the form it trains with."""
 
-    Args:
-      net, params: the network and its initial parameters.
-      X, Y: training inputs ``(n, n_0)`` and targets ``(n, n_L)``.
-      loss: the per-sample cost.
-      optimizer: any ``optax.GradientTransformation``.
-      epochs: the epoch to train up to, counted from the start of the run
-        (with ``start_epoch = 10`` and ``epochs = 30``, twenty more).
-      batch_size: samples per step, ``1 … n``.
-      key: a ``jax.random.key``; epoch ``e`` shuffles with ``fold_in(key, e)``.
-      l2: ``λ`` of Coursera's cost over the whole training set.
-      validation: optional ``(X_val, Y_val)``, evaluated after every epoch.
-      drop_last: skip the last, smaller minibatch of each epoch instead of
-        taking a step on it.
-      opt_state, start_epoch, history: where a resumed run left off.
-      on_epoch: called after every epoch with ``(record, params, opt_state)``,
-        and ``feedback=`` the rule as it stands when it learns (Kolen-Pollack).
-      progress: show a tqdm bar over the epochs with the latest loss.
-      patience: early stopping: stop when the validation loss has not gone
-        below its best for this many epochs, and return the parameters of
-        the best epoch (needs ``validation``). Each record then holds
-        ``best_epoch``, the best epoch so far.
-      best_params: for a resumed run with ``patience``, the parameters of its
-        best epoch so far (the best epoch and its loss are read from
-        ``history``).
-      privacy: :func:`jbp.dp_sgd`'s options: train with DP-SGD. ``batch_size``
-        is then the expected size of the Poisson-sampled batches, an epoch is
-        ``round(n / batch_size)`` steps, ``drop_last`` does not apply, and
-        ``opt_state`` (given or returned) is that of
-        :func:`jbp.privacy.private_optimizer`, the noise then ``optimizer``.
-        Records then hold ``batch_size_mean`` and, with a ``delta``,
-        ``epsilon``.
-      feedback: the rule that carries errors back in BP2 (:mod:`jbp.feedback`,
-        backprop by default); a Kolen-Pollack rule's matrices learn, and the
-        rule as trained is ``FitResult.feedback`` (pass it back to resume).
-        Records then hold, per layer, ``update_angles`` (degrees between the
-        rule's update and the true gradient on the first 512 training rows,
-        the same rows every epoch) and, for rules with a matrix per layer,
-        ``feedback_angles`` (between ``B^l``, or ``sign(W^l)``, and ``W^l``).
-      mesh: data parallel training (:mod:`jbp.parallel`): a
-        ``jax.sharding.Mesh`` with an axis ``"batch"``. The data, parameters
-        and optimizer state are replicated on its devices, every minibatch is
-        split over the ``"batch"`` axis (``batch_size`` must divide by its
-        size), and XLA sums the gradient with one all-reduce. An epoch's last,
-        smaller minibatch whose rows do not divide is computed whole on every
-        device. A mesh over the devices of several processes
-        (``jax.distributed``): every process passes the same ``X`` and ``Y``
-        and feeds only its own devices' rows of each minibatch.
-      eval_every: measure the training set (and the validation set) after
-        every ``eval_every``-th epoch and after the last; ``0`` for never.
-        Records of the other epochs hold ``running_loss`` only.
-      train_metrics: measure the training set's loss and accuracy when
-        measuring; ``False`` leaves only the validation set's (and
-        ``running_loss``), which costs no pass over the training set.
-      compute_dtype: mixed precision: the forward and backward passes in
-        this dtype (``jnp.bfloat16``, ``jnp.float16``) on copies of the
-        parameters and minibatch, the parameters, the optimizer and the
-        measurements in the parameters' dtype (float32 "master" weights).
-        float16's range is small: a step that overflows it ends the run with
-        :class:`TrainingDiverged`, which says so (bfloat16 has float32's range).
+    loss: Loss
+    X: Array
+    Y: Array
+    n: int
+    epochs: int
+    batch_size: int
+    start_epoch: int
+    validation: Any
+    patience: "int | None"
+    best: "dict | None"
+    eval_every: int
+    compute_dtype: Any
+    mesh: Any
+    feedback: Any
+    privacy: "DPSGD | None"
+    train_metrics: bool
+    steps_per_epoch: "int | None"
 
-    Returns:
-      A :class:`FitResult`. Each history record has ``epoch`` (from 1),
-      ``loss`` (the mean per-sample cost on the training set after the
-      epoch), ``running_loss`` (the mean minibatch ``J`` during the epoch),
-      ``accuracy`` for class targets, ``val_loss`` and ``val_accuracy`` with
-      validation data, and ``seconds``.
 
-    Raises:
-      TrainingDiverged: when a step's loss, the parameters or the optimizer's
-        state stop being finite, or a metric of the epoch overflows.
-      ValueError, TypeError: for bad data (as :func:`jbp.loss_and_grads`)
-        or options: epochs < 1, a batch size outside ``1 … n``, a negative
-        ``l2``, a key that is not a PRNG key, an optimizer that is not optax's.
-
-    Example:
-      >>> import jax, optax, jbp
-      >>> data = jbp.data.xor()
-      >>> net = jbp.mlp([2, 4, 1], hidden=jbp.tanh, output=jbp.sigmoid)
-      >>> result = jbp.fit(net, jbp.init(net, jax.random.key(0)), data.train.X, data.train.Y,
-      ...                  loss=jbp.binary_cross_entropy, optimizer=optax.adam(0.1),
-      ...                  epochs=200, batch_size=4, key=jax.random.key(1))
-      >>> result.history[-1]["accuracy"]
-      1.0
-    """
+def _checked_arguments(net, params, X, Y, *, loss, optimizer, epochs, batch_size, key=None, l2=0.0, validation=None,
+                       start_epoch=0, history=(), patience=None, best_params=None, privacy=None, feedback=None,
+                       mesh=None, eval_every=1, train_metrics=None, compute_dtype=None, **_not_checked) -> _Checked:
+    """Every check :func:`fit` makes before its first step (one definition, used by :func:`fit` and
+    :func:`check_fit`); the arguments not named here (``drop_last``, ``opt_state``, ``on_epoch``,
+    ``progress``) are not checked."""
     loss = get_loss(loss)
     check_params(net, params)
     X, Y = check_batch(net, params, X, Y, loss)
@@ -489,7 +415,8 @@ def fit(
     start_epoch = _check_count("start_epoch", start_epoch, 0, epochs)
     if not np.isscalar(l2) or not np.isfinite(l2) or l2 < 0:
         raise ValueError(f"l2 must be a finite number ≥ 0, got {l2!r}")
-    check_key(key)
+    if privacy is None or key is not None:  # a private run draws from its privacy's key
+        check_key(key)
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
     if validation is not None:
@@ -522,12 +449,226 @@ def fit(
     feedback = check_feedback(net, params, feedback)
     if feedback is not None and privacy is not None:
         raise ValueError("DP-SGD clips true per-sample gradients: train it with backprop, not another feedback rule")
+    steps_per_epoch = None
+    if privacy is not None:
+        privacy = check_privacy(privacy)
+        if privacy.delta is not None:
+            check_delta(privacy.delta, n)
+        steps_per_epoch = max(1, round(n / batch_size))
+        _check_accounted_history(privacy, history, start_epoch, batch_size, n, steps_per_epoch)
+    train_metrics = privacy is None if train_metrics is None else bool(train_metrics)
+    return _Checked(loss, X, Y, n, epochs, batch_size, start_epoch, validation, patience, best, eval_every,
+                    compute_dtype, mesh, feedback, privacy, train_metrics, steps_per_epoch)
+
+
+def _spent(privacy: DPSGD, batch_size: int, n: int, steps: int) -> "float | None":
+    """The ε of ``steps`` private steps at the privacy's δ (∞ without noise), or None without a δ."""
+    if privacy.delta is None:
+        return None
+    return epsilon(privacy.noise_multiplier, batch_size / n, steps, privacy.delta)
+
+
+def _spent_note(privacy, batch_size: int, n: int, steps: int) -> tuple[str, tuple]:
+    """For a private run that stops: what its message adds (the ε of the steps behind the parameters
+    it keeps) and :class:`TrainingDiverged`'s ``steps`` and ``epsilon``."""
+    if privacy is None:
+        return "", ()
+    spent = _spent(privacy, batch_size, n, steps)
+    if spent is None:
+        return f"; they are {steps} private steps (no δ given: ε not accounted)", (steps, None)
+    return f"; the {steps} private steps behind them spent ε = {spent:.4g} at δ = {privacy.delta:g}", (steps, spent)
+
+
+def _check_accounted_history(privacy, history, start_epoch, batch_size, n, steps_per_epoch) -> None:
+    """A continued private run accounts ε over every step behind its parameters: the ε its history
+    holds for ``start_epoch`` must be that of ``start_epoch`` epochs of this run's steps, on
+    ``n`` samples at this σ and batch size; otherwise the steps before could not be counted."""
+    if not start_epoch:
+        if history:
+            raise ValueError(f"a private run starting at epoch 0 continues no history, got {len(history)} "
+                             "record(s): pass start_epoch, the last epoch they hold, so that their steps are counted")
+        return
+    before = next((r for r in history if r.get("epoch") == start_epoch), {})
+    recorded = before.get("epsilon")
+    spent = _spent(privacy, batch_size, n, start_epoch * steps_per_epoch)
+    expected = spent if spent is not None and math.isfinite(spent) else None
+    if expected is None and recorded is None:
+        return
+    if expected is None:
+        raise ValueError(f"the history accounts ε = {recorded:.4g} after epoch {start_epoch}; continue it with a "
+                         "privacy that has a delta and noise, so that every step is counted")
+    if recorded is None:
+        raise ValueError(f"the history holds no ε for epoch {start_epoch}, the last one done: the steps behind the "
+                         "parameters cannot be accounted (were they trained with this privacy?)")
+    if not math.isclose(recorded, expected, rel_tol=1e-6):
+        raise ValueError(
+            f"the history's ε after epoch {start_epoch} is {recorded:.6g}, but {start_epoch} epochs of "
+            f"{steps_per_epoch} steps at q = {batch_size}/{n}, σ = {privacy.noise_multiplier:g} spend "
+            f"{expected:.6g}: the run was trained on other data or with other privacy options, and ε cannot "
+            "be carried on"
+        )
+
+
+def check_fit(*args, **kwargs) -> None:
+    """Refuses, with :func:`fit`'s own message, whatever :func:`fit` given the same arguments would
+    refuse before its first step, and trains nothing.
+
+    For a caller that must not create anything for a run that would be refused (``jbp train``
+    checks before it makes the run's folder). The data are checked as :func:`fit` checks them
+    (shapes, finiteness, a conversion to the parameters' dtype that overflows).
+
+    Raises:
+      ValueError, TypeError: as :func:`fit`.
+    """
+    bound = inspect.signature(fit).bind(*args, **kwargs)
+    _checked_arguments(**bound.arguments)
+
+
+def fit(
+    net: MLP,
+    params: Sequence[Dense],
+    X: Array,
+    Y: Array,
+    *,
+    loss: "Loss | str",
+    optimizer: optax.GradientTransformation,
+    epochs: int,
+    batch_size: int,
+    key: "Array | None" = None,
+    l2: float = 0.0,
+    validation: "tuple[Array, Array] | None" = None,
+    drop_last: bool = False,
+    opt_state: Any = None,
+    start_epoch: int = 0,
+    history: Sequence[dict] = (),
+    on_epoch: "Callable[[dict, tuple[Dense, ...], Any], None] | None" = None,
+    progress: bool = False,
+    patience: "int | None" = None,
+    best_params: "Sequence[Dense] | None" = None,
+    privacy: "DPSGD | None" = None,
+    feedback: "Feedback | None" = None,
+    mesh: "jax.sharding.Mesh | None" = None,
+    eval_every: int = 1,
+    train_metrics: "bool | None" = None,
+    compute_dtype: Any = None,
+) -> FitResult:
+    """Trains a network with an optax optimizer on minibatches.
+
+    Args:
+      net, params: the network and its initial parameters.
+      X, Y: training inputs ``(n, n_0)`` and targets ``(n, n_L)``.
+      loss: the per-sample cost.
+      optimizer: any ``optax.GradientTransformation``.
+      epochs: the epoch to train up to, counted from the start of the run
+        (with ``start_epoch = 10`` and ``epochs = 30``, twenty more).
+      batch_size: samples per step, ``1 … n``.
+      key: a ``jax.random.key``; epoch ``e`` shuffles with ``fold_in(key, e)``.
+        Unused with ``privacy``, whose own key draws the batches and the noise
+        (it may then be left out).
+      l2: ``λ`` of Coursera's cost over the whole training set.
+      validation: optional ``(X_val, Y_val)``, evaluated after every epoch.
+      drop_last: skip the last, smaller minibatch of each epoch instead of
+        taking a step on it.
+      opt_state, start_epoch, history: where a resumed run left off.
+      on_epoch: called after every epoch with ``(record, params, opt_state)``,
+        and ``feedback=`` the rule as it stands when it learns (Kolen-Pollack).
+      progress: show a tqdm bar over the epochs with the latest loss.
+      patience: early stopping: stop when the validation loss has not gone
+        below its best for this many epochs, and return the parameters of
+        the best epoch (needs ``validation``). Each record then holds
+        ``best_epoch``, the best epoch so far.
+      best_params: for a resumed run with ``patience``, the parameters of its
+        best epoch so far (the best epoch and its loss are read from
+        ``history``).
+      privacy: :func:`jbp.dp_sgd`'s options: train with DP-SGD. ``batch_size``
+        is then the expected size of the Poisson-sampled batches, an epoch is
+        ``round(n / batch_size)`` steps, ``drop_last`` does not apply, and
+        ``opt_state`` (given or returned) is that of
+        :func:`jbp.privacy.private_optimizer`, the noise then ``optimizer``;
+        the noise's key in a given ``opt_state`` is replaced by the privacy's
+        (:func:`jbp.privacy.dp_keys`), so a secure run continues with fresh
+        randomness and a reproducible one bit for bit. The batches and the
+        noise come from ``privacy.key``, not ``key``. With a ``delta`` (which
+        must lie below ``1/n``), each record holds ``epsilon``, the ε of every
+        step so far (a continued run's history must hold the ε of the steps
+        before ``start_epoch``, and it must be that of this data and these
+        options, or the run is refused). A step is judged diverged by the
+        parameters and state only, never by the samples' costs.
+      feedback: the rule that carries errors back in BP2 (:mod:`jbp.feedback`,
+        backprop by default); a Kolen-Pollack rule's matrices learn, and the
+        rule as trained is ``FitResult.feedback`` (pass it back to resume).
+        Records then hold, per layer, ``update_angles`` (degrees between the
+        rule's update and the true gradient on the first 512 training rows,
+        the same rows every epoch) and, for rules with a matrix per layer,
+        ``feedback_angles`` (between ``B^l``, or ``sign(W^l)``, and ``W^l``).
+      mesh: data parallel training (:mod:`jbp.parallel`): a
+        ``jax.sharding.Mesh`` with an axis ``"batch"``. The data, parameters
+        and optimizer state are replicated on its devices, every minibatch is
+        split over the ``"batch"`` axis (``batch_size`` must divide by its
+        size), and XLA sums the gradient with one all-reduce. An epoch's last,
+        smaller minibatch whose rows do not divide is computed whole on every
+        device. A mesh over the devices of several processes
+        (``jax.distributed``): every process passes the same ``X`` and ``Y``
+        and feeds only its own devices' rows of each minibatch.
+      eval_every: measure the training set (and the validation set) after
+        every ``eval_every``-th epoch and after the last; ``0`` for never.
+        Records of the other epochs hold ``running_loss`` only.
+      train_metrics: measure the training set's loss and accuracy when
+        measuring; ``False`` leaves only the validation set's (and
+        ``running_loss``), which costs no pass over the training set. The
+        default, ``None``, is ``True`` without ``privacy`` and ``False``
+        with: a private run then publishes nothing about its training
+        samples beyond the noised parameters (no ``loss``, ``accuracy``,
+        ``running_loss`` nor ``batch_size_mean``, which would reveal the
+        sampling). ``True`` with ``privacy`` records all four, **outside
+        the privacy guarantee**.
+      compute_dtype: mixed precision: the forward and backward passes in
+        this dtype (``jnp.bfloat16``, ``jnp.float16``) on copies of the
+        parameters and minibatch, the parameters, the optimizer and the
+        measurements in the parameters' dtype (float32 "master" weights).
+        float16's range is small: a step that overflows it ends the run with
+        :class:`TrainingDiverged`, which says so (bfloat16 has float32's range).
+
+    Returns:
+      A :class:`FitResult`. Each history record has ``epoch`` (from 1),
+      ``loss`` (the mean per-sample cost on the training set after the
+      epoch), ``running_loss`` (the mean minibatch ``J`` during the epoch),
+      ``accuracy`` for class targets, ``val_loss`` and ``val_accuracy`` with
+      validation data, and ``seconds``; a private run's, by default,
+      ``epoch``, ``epsilon`` (with a δ), the validation set's and ``seconds``.
+
+    Raises:
+      TrainingDiverged: when a step's loss, the parameters or the optimizer's
+        state stop being finite, or a metric of the epoch overflows; for a
+        private run it holds the ε of the steps behind its parameters.
+      ValueError, TypeError: for bad data (as :func:`jbp.loss_and_grads`)
+        or options: epochs < 1, a batch size outside ``1 … n``, a negative
+        ``l2``, a key that is not a PRNG key, an optimizer that is not optax's,
+        a privacy that is not a sound :class:`~jbp.DPSGD`, ``delta ≥ 1/n``,
+        a history whose ε does not continue. All are raised before the first
+        step; :func:`check_fit` raises them without training.
+
+    Example:
+      >>> import jax, optax, jbp
+      >>> data = jbp.data.xor()
+      >>> net = jbp.mlp([2, 4, 1], hidden=jbp.tanh, output=jbp.sigmoid)
+      >>> result = jbp.fit(net, jbp.init(net, jax.random.key(0)), data.train.X, data.train.Y,
+      ...                  loss=jbp.binary_cross_entropy, optimizer=optax.adam(0.1),
+      ...                  epochs=200, batch_size=4, key=jax.random.key(1))
+      >>> result.history[-1]["accuracy"]
+      1.0
+    """
+    checked = _checked_arguments(**locals())  # every argument of fit, as given
+    loss, X, Y, n, epochs, batch_size, start_epoch, validation, patience, best, eval_every, compute_dtype, mesh, \
+        feedback, privacy, train_metrics, steps_per_epoch = checked
     probe = (X[:512], Y[:512])  # the fixed rows the feedback diagnostics are measured on
     if privacy is not None:
-        if not isinstance(privacy, DPSGD):
-            raise TypeError(f"privacy must be what jbp.dp_sgd returns, got {type(privacy).__name__}")
+        noise_key, sampling_key = dp_keys(privacy)  # the run's randomness is the privacy's, not fit's key
         optimizer = private_optimizer(privacy, optimizer, batch_size)
-        steps_per_epoch = max(1, round(n / batch_size))
+        if opt_state is not None:  # a continued run draws from this key (a secure checkpoint holds a placeholder)
+            opt_state = with_noise_key(opt_state, noise_key)
+    # what fit hands out (its result, on_epoch, TrainingDiverged): a secure run's noise key never leaves it
+    handed = public_state if privacy is not None and privacy.secure else (lambda state: state)
     params = tuple(params)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     history = list(history)
@@ -545,7 +686,7 @@ def fit(
     try:
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
-            epoch_key = jax.random.fold_in(key, epoch)
+            epoch_key = jax.random.fold_in(key if privacy is None else sampling_key, epoch)
             if many:
                 run_epoch = partial(
                     _epoch_of_batches, net, params, opt_state, *_process_batches(mesh, host, epoch_key, batch_size,
@@ -565,30 +706,43 @@ def fit(
                     loss=loss, optimizer=optimizer, batch_size=batch_size, l2=float(l2), mesh=mesh,
                 )
             new_params, new_state, new_feedback, costs, _, *counts = run_epoch()
-            costs = np.asarray(costs)
-            if not (np.all(np.isfinite(costs)) and bool(all_finite((new_params, new_state, new_feedback)))):
-                # the same epoch again, stopping at the first step that is not finite
+            # a private run is judged by what the mechanism released (the noised parameters), never by
+            # the training samples' costs
+            healthy = bool(all_finite((new_params, new_state, new_feedback)))
+            if privacy is None:
+                costs = np.asarray(costs)
+                healthy = healthy and bool(np.all(np.isfinite(costs)))
+            if not healthy:
+                # the same epoch again (the same keys, so the same draws), stopping at the first step that is not finite
                 last_params, last_state, _, costs, ok, *_ = run_epoch(guard=True)
-                step = int(np.argmin(np.asarray(ok)))
+                ok = np.asarray(ok)
+                step = int(np.argmin(ok))
+                what = "the parameters or the optimizer's state overflowed" if privacy is not None else (
+                    f"the loss is {float(costs[step])}, or the parameters or the optimizer's state overflowed")
+                # the failing step counts: what it computed from its batch is what this message tells
+                note, accounted = _spent_note(privacy, batch_size, n, epoch * (steps_per_epoch or 0) + step + 1)
                 raise TrainingDiverged(
-                    f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
-                    f"{float(costs[step])}, or the parameters or the optimizer's state overflowed "
-                    f"({_divergence_hint(params, compute_dtype)}); the parameters from just before that step are kept",
-                    epoch + 1, step + 1, last_params, last_state, history,
+                    f"training diverged at epoch {epoch + 1}, step {step + 1}: {what} "
+                    f"({_divergence_hint(params, compute_dtype)}); the parameters from just before that step are kept"
+                    + note, epoch + 1, step + 1, last_params, handed(last_state), history, *accounted,
                 )
             params, opt_state, feedback = new_params, new_state, new_feedback
-            if privacy is None:
-                sizes = np.full(len(costs), batch_size)
-                if len(costs) > n // batch_size:  # the last, smaller minibatch
-                    sizes[-1] = n % batch_size
-            else:
-                sizes = np.asarray(counts[0])
-            record = {"epoch": epoch + 1, "running_loss": float(np.dot(costs, sizes) / max(sizes.sum(), 1))}
+            record = {"epoch": epoch + 1}
+            if privacy is None or train_metrics:  # a private run's training statistics only when asked for
+                costs = np.asarray(costs)
+                if privacy is None:
+                    sizes = np.full(len(costs), batch_size)
+                    if len(costs) > n // batch_size:  # the last, smaller minibatch
+                        sizes[-1] = n % batch_size
+                else:
+                    sizes = np.asarray(counts[0])
+                record["running_loss"] = float(np.dot(costs, sizes) / max(sizes.sum(), 1))
+                if privacy is not None:
+                    record["batch_size_mean"] = float(sizes.mean())
             if privacy is not None:
-                record["batch_size_mean"] = float(sizes.mean())
-                if privacy.delta is not None and privacy.noise_multiplier > 0:
-                    record["epsilon"] = epsilon(privacy.noise_multiplier, batch_size / n,
-                                                (epoch + 1) * steps_per_epoch, privacy.delta)
+                spent = _spent(privacy, batch_size, n, (epoch + 1) * steps_per_epoch)
+                if spent is not None and math.isfinite(spent):
+                    record["epsilon"] = spent
             measured = eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
             for prefix, X_, Y_, classes in sets if measured else ():
                 record.update({prefix + k: v for k, v in _metrics(net, params, X_, Y_, loss, classes).items()})
@@ -596,11 +750,12 @@ def fit(
                 record.update(_angles(net, params, *probe, loss, feedback))
             overflowed = [name for name, value in record.items() if not np.all(np.isfinite(value))]
             if overflowed:
+                note, accounted = _spent_note(privacy, batch_size, n, (epoch + 1) * (steps_per_epoch or 0))
                 raise TrainingDiverged(
                     f"after epoch {epoch + 1} the {' and '.join(overflowed)} overflowed to "
                     f"{', '.join(str(record[k]) for k in overflowed)} although the parameters are finite "
-                    "(inputs or weights too large for the dtype?); that epoch is not recorded",
-                    epoch + 1, len(costs), params, opt_state, history,
+                    "(inputs or weights too large for the dtype?); that epoch is not recorded" + note,
+                    epoch + 1, len(costs), params, handed(opt_state), history, *accounted,
                 )
             if best is not None:
                 if best["epoch"] is None or record["val_loss"] < best["val_loss"]:
@@ -610,20 +765,20 @@ def fit(
             history.append(record)
             if on_epoch is not None:
                 if feedback is not None and feedback.learns:
-                    on_epoch(record, params, opt_state, feedback=feedback)
+                    on_epoch(record, params, handed(opt_state), feedback=feedback)
                 else:
-                    on_epoch(record, params, opt_state)
+                    on_epoch(record, params, handed(opt_state))
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in BAR_METRICS}, refresh=False)
                 bar.update(1)
             if best is not None and epoch + 1 - best["epoch"] >= patience and epoch + 1 < epochs:
-                return FitResult(best["params"], opt_state, history, best["epoch"], True, feedback)
+                return FitResult(best["params"], handed(opt_state), history, best["epoch"], True, feedback)
     finally:
         if bar is not None:
             bar.close()
     if best is not None:
-        return FitResult(best["params"], opt_state, history, best["epoch"], False, feedback)
-    return FitResult(params, opt_state, history, feedback=feedback)
+        return FitResult(best["params"], handed(opt_state), history, best["epoch"], False, feedback)
+    return FitResult(params, handed(opt_state), history, feedback=feedback)
 
 
 def _angles(net, params, X, Y, loss, feedback) -> dict:

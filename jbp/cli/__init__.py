@@ -23,7 +23,7 @@ __all__ = ["build_parser", "main", "make_optimizer", "optimizers"]
 
 
 def build_parser() -> Parser:
-    from jbp import __version__
+    from jbp._version import __version__
 
     parser = Parser(prog="jbp", description="Backpropagation written by hand, compiled by JAX.")
     parser.add_argument("--version", action="version", version=f"jbp {__version__}")
@@ -67,6 +67,10 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         if debug:
             raise
         return train.fail(err)
+    except FloatingPointError as err:  # numbers that overflowed: the message says where
+        if debug:
+            raise
+        return train.fail(err, status=1)
     except OSError as err:
         if debug:
             raise

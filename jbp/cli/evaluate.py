@@ -7,7 +7,7 @@ import numpy as np
 
 from jbp import data as datasets
 from jbp.cli import options
-from jbp.run import load_run
+from jbp.run import check_data, load_run
 from jbp.train import confusion_matrix, evaluate
 
 SPLITS = ("train", "validation", "test")
@@ -71,11 +71,13 @@ def evaluate_command(args) -> int:
     if args.data is None:
         dataset = datasets.load(config["data"], args.max_bytes, standardize=config["standardize"],
                                 target=config["target"], header=config["header"])
+        check_data(config, dataset, args.folder, "to evaluate the run on other data on purpose, name them with "
+                   "--data (all their rows are used)")
         part = getattr(dataset, args.split)
         X, labels, where = part.X, part.labels, f"{config['data']} ({args.split} part)"
     else:
         X, labels = datasets.evaluation_data(args.data, prep, target=config["target"], header=config["header"],
-                                             limit=args.max_bytes)
+                                             limit=args.max_bytes, n_features=run.net.sizes[0])
         where = args.data
     if len(X) == 0:
         raise ValueError(f"{where} has no samples")

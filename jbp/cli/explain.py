@@ -25,6 +25,7 @@ from jbp.explain import render_text, worked_example, write_html
 from jbp.explain.html import check_destination, check_size, describe
 from jbp.losses import LOSSES
 from jbp.network import Dense, init, mlp
+from jbp.run import check_data, check_output
 
 LEARNING_RATE = 0.5  # Mazur's
 
@@ -119,6 +120,7 @@ def _problem(args):
     if args.sizes is None and args.seed is None:
         return _mazur(args)
     sizes = args.sizes or [2, 2, 2]
+    options.check_memory(sizes, None, 1, dtype=jnp.float64)  # before XLA is asked for the weights
     hidden = options.per_layer(args.hidden or ["sigmoid"], sizes)
     output = args.output or "sigmoid"
     net = mlp(sizes, hidden=hidden, output=output)
@@ -154,6 +156,7 @@ def _from_run(args):
         except (OSError, ValueError) as err:
             raise ValueError(f"--run {args.run_folder}: its data {config['data']!r} cannot be read ({err}); "
                              "give the sample with --x and --y") from None
+        check_data(config, dataset, args.run_folder, "give the sample with --x and --y")
         part = next((p for p in (dataset.test, dataset.validation, dataset.train) if len(p.X)), None)
         if part is None:
             raise ValueError(f"--run {args.run_folder}: its data {config['data']!r} has no samples; give one with "
@@ -170,13 +173,22 @@ def _from_run(args):
     return net, params, jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64), run.loss, title
 
 
+def _inputs(args) -> list[pathlib.Path]:
+    """The files ``--run`` reads: the run's folder and its data."""
+    from jbp.run import run_inputs
+
+    return [] if args.run_folder is None else run_inputs(args.run_folder)
+
+
 def explain_command(args) -> int:
-    if args.html is not None:
+    if args.html is not None:  # before any work; again, with the run's data among the inputs, once they are known
         check_destination(args.html)
+        check_output(args.html, option="--html")
     with jax.enable_x64(True):
         net, params, x, y, loss, title, update_biases = _problem(args)
         if args.html is not None:
             check_size(net.sizes)
+            check_output(args.html, inputs=_inputs(args), option="--html")
         example = worked_example(net, params, x, y, loss, args.lr or LEARNING_RATE, update_biases, title=title)
     print(f"{title}. {describe(example)}")
     print(render_text(example))

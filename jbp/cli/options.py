@@ -3,7 +3,6 @@ optimizers by name, seeds as keys, and the memory a network will need."""
 
 import argparse
 import math
-import os
 from collections.abc import Sequence
 
 import jax
@@ -12,6 +11,7 @@ import numpy as np
 import optax
 
 from jbp.activations import ACTIVATIONS
+from jbp.checks import available_memory  # noqa: F401 (where the subcommands look for it)
 from jbp.files import parse_size
 from jbp.network import Dense
 from jbp.optimizers import make, names as optimizer_names
@@ -144,29 +144,17 @@ def per_layer(hidden: Sequence[str], sizes_: Sequence[int]) -> list[str]:
     return list(hidden)
 
 
-def available_memory() -> int:
-    """Bytes this process may still take: ``MemAvailable`` (Linux), else the physical memory."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 2**63
-
-
 def check_memory(widths: Sequence[int], optimizer: "optax.GradientTransformation | None", batch_size: int,
-                 dtype=jnp.float32, copies: int = 3) -> None:
+                 dtype=jnp.float32, copies: int = 3, samples: int = 0) -> None:
     """Refuses a network whose training state cannot fit in the memory left.
 
     Counted without allocating anything: the parameters, ``copies`` arrays of
     their size (gradients, updates, the new parameters), the optimizer's
-    state (its shapes from ``jax.eval_shape``), and the activations and
-    deltas of one minibatch.
+    state (its shapes from ``jax.eval_shape``), the activations and deltas
+    of one minibatch, and the data set of ``samples`` rows placed on the
+    device: their inputs and their targets, one-hot over the output width
+    (``samples × (widths[0] + widths[-1])`` numbers: 30,000 classes make
+    every row 120 kB).
 
     Raises:
       ValueError: naming the bytes needed and the bytes available.
@@ -184,11 +172,14 @@ def check_memory(widths: Sequence[int], optimizer: "optax.GradientTransformation
             for leaf in jax.tree.leaves(jax.eval_shape(optimizer.init, shapes))
             if not jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
         )
-    needed = count * itemsize * (1 + copies) + state + 4 * batch_size * sum(widths) * itemsize
+    data = samples * (widths[0] + widths[-1]) * itemsize
+    needed = count * itemsize * (1 + copies) + state + 4 * batch_size * sum(widths) * itemsize + data
     available = available_memory()
     if needed > available:
+        held = f" and {samples:,} rows of data ({data / 1e9:.3g} GB, targets one-hot over {widths[-1]:,} outputs)" \
+            if samples else ""
         raise ValueError(
             f"the network {','.join(map(str, widths))} has {count:,} parameters; training it needs about "
-            f"{needed / 1e9:.3g} GB (parameters, gradients, updates and the optimizer's state), "
+            f"{needed / 1e9:.3g} GB (parameters, gradients, updates and the optimizer's state{held}), "
             f"and this machine has {available / 1e9:.3g} GB available"
         )

@@ -11,7 +11,7 @@ from jbp import data as datasets
 from jbp.batch import predict
 from jbp.cli import options
 from jbp.files import atomic_write
-from jbp.run import load_run
+from jbp.run import check_output, load_run, run_inputs
 from jbp.train import predicted_classes
 
 
@@ -39,9 +39,12 @@ def probabilities(outputs: np.ndarray, output_name: str) -> tuple[np.ndarray, st
 def predict_command(args) -> int:
     if args.out is not None and args.out.suffix.lower() not in (".csv", ".npz"):
         raise ValueError(f"--out {args.out}: write a .csv or an .npz file")
+    inputs = [args.input, *run_inputs(args.folder)] if args.out is not None else []
+    if args.out is not None:  # before any work; again just before writing
+        check_output(args.out, inputs=inputs)
     run = load_run(args.folder, limit=args.max_bytes)
     raw = datasets.read_inputs(args.input, run.net.sizes[0], target=run.config["target"], header=run.config["header"],
-                               limit=args.max_bytes)
+                               limit=args.max_bytes, features=run.preprocessing.features)
     X = run.preprocessing.inputs(raw, str(args.input))
     outputs = np.asarray(predict(run.net, run.params, X))
     indices = np.asarray(predicted_classes(outputs))
@@ -51,7 +54,7 @@ def predict_command(args) -> int:
     if args.out is not None and args.out.suffix.lower() == ".npz":
         arrays = {"labels": np.asarray(labels), "classes": indices.astype(np.int64), "probabilities": scores,
                   "class_labels": np.asarray(run.preprocessing.classes)}
-        atomic_write(args.out, lambda f: np.savez(f, **arrays))
+        atomic_write(check_output(args.out, inputs=inputs), lambda f: np.savez(f, **arrays), one_link=True)
         print(f"{len(X)} predictions written to {args.out}", file=sys.stderr)
         return 0
     text = io.StringIO()
@@ -62,6 +65,7 @@ def predict_command(args) -> int:
     if args.out is None:
         sys.stdout.write(text.getvalue())
     else:
-        atomic_write(args.out, lambda f: f.write(text.getvalue().encode()))
+        atomic_write(check_output(args.out, inputs=inputs), lambda f: f.write(text.getvalue().encode()),
+                     one_link=True)
         print(f"{len(X)} predictions written to {args.out}", file=sys.stderr)
     return 0

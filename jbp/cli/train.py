@@ -7,7 +7,19 @@ optimizer state, epoch, key, configuration and history, after every epoch),
 (final train, validation and test metrics) and ``plot.png`` (with the
 ``plots`` extra). ``--resume DIR`` continues the run saved in DIR up to
 ``--epochs`` epochs in all, ending with exactly the parameters an
-uninterrupted run would have.
+uninterrupted run would have (a private run's randomness excepted: see below).
+
+A private run (``--dp-clip``) draws its noise and batches from the operating
+system's entropy and writes no key of its own (the checkpoint holds
+placeholders); continued, it draws fresh ones. ``--dp-reproducible`` draws
+them from ``--seed`` instead: the run repeats, and is not private, which its
+``config.json``, ``summary.json`` and terminal say. A private run records no
+statistics of its training part unless ``--dp-train-metrics`` asks (outside
+the guarantee); its ``summary.json`` holds the ε of its last record, that of
+every step behind ``params.npz``, also when it diverges or is interrupted
+(``"incomplete": true``). Everything the run would refuse is refused before
+its folder is created, and a new run that ends before its first checkpoint
+removes what it wrote (and the folder, if it made it).
 
 Exit status: 0 done; 1 the run stopped (diverged, disk full, a file could not
 be written: the last finished epoch's checkpoint is kept, and the message
@@ -18,6 +30,7 @@ done saved.
 import argparse
 import errno
 import json
+import math
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -28,14 +41,16 @@ import jax
 from jbp import checkpoint as ckpt
 from jbp import data as datasets
 from jbp.activations import ACTIVATIONS
+from jbp.batch import check_batch
 from jbp.cli import options
-from jbp.files import FileFormatError, atomic_write, max_bytes
+from jbp.files import atomic_write, max_bytes
 from jbp.losses import LOSSES
 from jbp.optimizers import SCHEDULES, names as optimizer_names
 from jbp.feedback import KINDS
-from jbp.privacy import epsilon, noise_for_epsilon
-from jbp.run import CONFIG_KEYS, RunFolder, build, check_config, read_config
-from jbp.train import TrainingDiverged, evaluate, fit
+from jbp.privacy import check_delta, epsilon, noise_for_epsilon, placeholder_key, public_state
+from jbp.run import (CONFIG_KEYS, RunFolder, build, check_against_checkpoint, check_config, check_data,
+                     data_fingerprint, preprocessing_sha256, read_config)
+from jbp.train import TrainingDiverged, check_fit, evaluate, fit
 
 TRAIN_DEFAULTS = {
     "hidden": ["relu"], "optimizer": "adam", "lr": 0.001, "l2": 0.0, "epochs": 40,
@@ -86,7 +101,14 @@ def add_parser(commands) -> None:
     train.add_argument("--dp-epsilon", type=options.positive_float, metavar="EPSILON",
                        help="choose σ so that the run's --epochs spend this ε (RDP accounting)")
     train.add_argument("--dp-delta", type=options.open_unit_interval, metavar="DELTA",
-                       help="the δ of (ε, δ)-differential privacy (default 1e-5)")
+                       help="the δ of (ε, δ)-differential privacy, below 1/n for n training samples (default 1e-5)")
+    train.add_argument("--dp-reproducible", action="store_true", default=None,
+                       help="NOT PRIVATE, for experiments: draw DP-SGD's noise and batches from --seed (recorded "
+                            "in config.json) instead of the operating system's entropy, so that the run repeats "
+                            "bit for bit")
+    train.add_argument("--dp-train-metrics", action="store_true",
+                       help="record a private run's training-set loss, accuracy and batch sizes, which the privacy "
+                            "guarantee does not cover (by default a private run publishes none)")
     train.add_argument("--rule", type=options.choice("feedback rule", KINDS),
                        help="what carries the error back in BP2: backprop, fa (feedback alignment), dfa (direct "
                             "feedback alignment), sign (sign symmetry), kp (Kolen-Pollack) (default backprop)")
@@ -154,8 +176,9 @@ def _train_config(args, dataset) -> dict:
     config = {key: getattr(args, key, None) for key in CONFIG_KEYS}
     data_name = (config["data"] or TRAIN_DEFAULTS["data"]).split(":")[0]
     private = config["dp_clip"] is not None
-    if not private and any(config[k] is not None for k in ("dp_noise", "dp_epsilon", "dp_delta")):
-        raise ValueError("--dp-noise, --dp-epsilon and --dp-delta go with --dp-clip (the clipping norm)")
+    if not private and any(config[k] is not None for k in ("dp_noise", "dp_epsilon", "dp_delta", "dp_reproducible")):
+        raise ValueError("--dp-noise, --dp-epsilon, --dp-delta and --dp-reproducible go with --dp-clip "
+                         "(the clipping norm)")
     if private and (config["dp_noise"] is None) == (config["dp_epsilon"] is None):
         raise ValueError("a private run needs its noise: give --dp-noise or --dp-epsilon, not both")
     if private and config["compute_dtype"] is not None:
@@ -185,13 +208,17 @@ def _train_config(args, dataset) -> dict:
     if config["patience"] is not None and len(dataset.validation.X) == 0:
         raise ValueError("--patience watches the validation loss, and this data set has no validation part")
     config["steps_per_epoch"] = _steps_per_epoch(n, config["batch_size"], config["drop_last"])
+    config["dp_reproducible"] = bool(config["dp_reproducible"])  # by default the OS's entropy: private
     if private:
+        check_delta(config["dp_delta"], n, "--dp-delta")  # before σ is chosen for it
         config["steps_per_epoch"] = max(1, round(n / config["batch_size"]))  # Poisson batches: n / B steps
         if config["dp_epsilon"] is not None:
             config["dp_noise"] = noise_for_epsilon(config["dp_epsilon"], config["batch_size"] / n,
                                                    config["epochs"] * config["steps_per_epoch"], config["dp_delta"])
     config["dtype"] = "float32"  # the command trains in float32, whatever jax_enable_x64 says
     config["schedule_epochs"] = config["epochs"]
+    config["data_fingerprint"] = data_fingerprint(dataset, private=private)  # checked by --resume and evaluate
+    config["preprocessing_sha256"] = preprocessing_sha256(dataset.preprocessing)  # an edited file is refused
     return check_config(config, "the options")
 
 
@@ -241,10 +268,13 @@ def _has_tqdm() -> bool:
 
 
 def epoch_line(record: dict, epochs: int) -> str:
-    """One plain line per epoch, for a log file or a pipe."""
-    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record.get('loss', 0):.4g}"]
-    if "loss" not in record:  # not measured this epoch
-        parts[1] = f"running loss {record['running_loss']:.4g}"
+    """One plain line per epoch, for a log file or a pipe: what the record holds (a private run's
+    holds no training statistics unless asked for)."""
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    if "loss" in record:
+        parts.append(f"loss {record['loss']:.4g}")
+    elif "running_loss" in record:  # not measured this epoch
+        parts.append(f"running loss {record['running_loss']:.4g}")
     for key in ("accuracy", "val_loss", "val_accuracy", "epsilon"):
         if key in record:
             parts.append(f"{key} {record[key]:.4f}" if "accuracy" in key else f"{key} {record[key]:.4g}")
@@ -271,11 +301,7 @@ def _load_state(folder: RunFolder, config: dict, built, limit) -> ckpt.Checkpoin
     state = ckpt.load(folder / "checkpoint.ckpt", params_like=template,
                       opt_state_like=built.training_optimizer.init(template), limit=limit,
                       extras_like=built.extras_like(template, config["patience"]))
-    saved = check_config(state.config, f"{folder / 'checkpoint.ckpt'}: its configuration")
-    differ = sorted(k for k in CONFIG_KEYS if k not in ("epochs", "schedule_epochs") and saved[k] != config[k])
-    if differ:
-        raise FileFormatError(f"{folder / 'config.json'} and the checkpoint disagree on {', '.join(differ)}; "
-                              "the checkpoint's configuration is the run's")
+    check_against_checkpoint(config, state.config, folder / "config.json", folder / "checkpoint.ckpt")
     if state.epoch >= config["epochs"]:
         raise ValueError(f"the run in {folder.path} has done {state.epoch} epochs already; ask for more with --epochs")
     if config["patience"] is not None and state.history:
@@ -302,6 +328,9 @@ class _Peer:
 
     def __truediv__(self, name: str) -> pathlib.Path:
         return self.path / name
+
+    def discard_unused(self) -> bool:
+        return False  # only the writer's folder holds the run's files
 
 
 def _mesh(args):
@@ -345,23 +374,69 @@ def train_command(args) -> int:
             config = _resume(folder, args, given)
             _check_split(mesh, config["batch_size"])
             dataset = load_data(config, args.max_bytes)
+            check_data(config, dataset, folder.path, "a run continues on the data it started with; "
+                       "train a new run on the new data")
             built = build(config)
             state = _load_state(folder, config, built, args.max_bytes)
-            return _train(folder, config, dataset, built, state, args, mesh, writer)
-    dataset = datasets.load(args.data or TRAIN_DEFAULTS["data"], args.max_bytes, standardize=args.standardize,
+            _check_budget(config, len(dataset.train.X))
+            run = _fit_call(config, dataset, built, state, args, mesh)
+            _check_run(run, dataset, built)  # before anything in the folder is rewritten
+            return _train(folder, config, dataset, built, run, args, writer)
+    standardize = args.standardize
+    if args.dp_clip is not None:  # statistics of the training part would be released exactly, outside ε
+        if standardize:
+            raise ValueError("--standardize learns every feature's mean and deviation from the training part and "
+                             "writes them exactly into the run, outside the privacy guarantee; a private run "
+                             "(--dp-clip) trains on the inputs as they are (scale them beforehand, from public facts)")
+        args.standardize = standardize = False
+    dataset = datasets.load(args.data or TRAIN_DEFAULTS["data"], args.max_bytes, standardize=standardize,
                             target=args.target, header=args.header)
     config = _train_config(args, dataset)
     _check_split(mesh, config["batch_size"])
     built = build(config)
-    options.check_memory(config["sizes"], built.optimizer, config["batch_size"])
+    options.check_memory(config["sizes"], built.optimizer, config["batch_size"],
+                         samples=len(dataset.train.X) + len(dataset.validation.X))  # the data placed on the device
+    run = _fit_call(config, dataset, built, None, args, mesh)
+    _check_run(run, dataset, built)  # whatever the run would refuse, refused before the folder exists
     with (RunFolder.new(args.out, config["data"].split(":")[0]) if writer else _Peer(args.out)) as folder:
-        return _train(folder, config, dataset, built, None, args, mesh, writer)
+        try:
+            return _train(folder, config, dataset, built, run, args, writer)
+        finally:
+            folder.discard_unused()  # a run that ends before its first checkpoint leaves no dead folder
 
 
-def _train(folder, config, dataset, built, state, args, mesh=None, writer=True) -> int:
-    """The run itself, in a folder this process holds; ``state`` is the checkpoint of a resumed run.
-    With many processes only process 0 (the ``writer``) writes or prints; the others train beside it."""
-    out = folder.path
+def _check_budget(config: dict, n: int) -> None:
+    """Refuses to continue a run whose σ was chosen for ``--dp-epsilon`` beyond that ε."""
+    if config["dp_clip"] is None or config["dp_epsilon"] is None:
+        return
+    spent = epsilon(config["dp_noise"], config["batch_size"] / n, config["epochs"] * config["steps_per_epoch"],
+                    config["dp_delta"])
+    if spent > config["dp_epsilon"] * (1 + 1e-6):
+        raise ValueError(
+            f"--epochs {config['epochs']} would spend ε = {spent:.3g} at δ = {config['dp_delta']:g}, beyond the "
+            f"--dp-epsilon {config['dp_epsilon']:g} this run's noise (σ = {config['dp_noise']:.4g}) was chosen for "
+            f"over {config['schedule_epochs']} epochs; train a new run with the ε and --epochs you want"
+        )
+
+
+def _check_run(run, dataset, built) -> None:
+    """Refuses what the run would refuse once started: fit's arguments (:func:`jbp.train.check_fit`)
+    and the test part the summary measures."""
+    check_fit(*run.args, **run.keywords)
+    if len(dataset.test.X):
+        check_batch(built.net, run.args[1], dataset.test.X, dataset.test.Y, built.loss)
+
+
+def _fit_call(config, dataset, built, state, args, mesh):
+    """:func:`jbp.fit` with every argument of this run but ``on_epoch`` and ``progress``, checked
+    (:func:`jbp.train.check_fit`) before anything is created or written; ``state`` is the checkpoint
+    of a resumed run."""
+    private = built.privacy is not None
+    if args.dp_train_metrics and not private:
+        raise ValueError("--dp-train-metrics goes with a private run (--dp-clip)")
+    if args.dp_train_metrics and args.no_train_eval:
+        raise ValueError("--dp-train-metrics records the training set's statistics and --no-train-eval measures "
+                         "none of them; give one of the two")
     feedback = built.feedback
     if state is None:
         params, opt_state, start, history, key, best = built.init(), None, 0, [], built.shuffle_key, None
@@ -377,11 +452,49 @@ def _train(folder, config, dataset, built, state, args, mesh=None, writer=True) 
     if feedback is not None:
         early["feedback"] = feedback
     early.update(mesh=mesh, eval_every=1 if args.eval_every is None else args.eval_every,
-                 train_metrics=not args.no_train_eval, compute_dtype=config["compute_dtype"])
-    run = partial(fit, built.net, params, train.X, train.Y, loss=built.loss, optimizer=built.optimizer,
-                  epochs=config["epochs"], batch_size=config["batch_size"], key=key, l2=config["l2"],
-                  validation=(val.X, val.Y) if len(val.X) else None, drop_last=config["drop_last"],
-                  opt_state=opt_state, start_epoch=start, history=history, **early)
+                 train_metrics=args.dp_train_metrics if private else not args.no_train_eval,
+                 compute_dtype=config["compute_dtype"])
+    return partial(fit, built.net, params, train.X, train.Y, loss=built.loss, optimizer=built.optimizer,
+                   epochs=config["epochs"], batch_size=config["batch_size"], key=key, l2=config["l2"],
+                   validation=(val.X, val.Y) if len(val.X) else None, drop_last=config["drop_last"],
+                   opt_state=opt_state, start_epoch=start, history=history, **early)
+
+
+def _dp_warnings(config: dict, history, train_metrics: bool) -> list[str]:
+    """What a private run says, in its summary and on the terminal, that its guarantee does not cover."""
+    if config["dp_clip"] is None:
+        return []
+    warnings = []
+    if config["dp_reproducible"]:
+        warnings.append(f"not private: the noise is drawn from --seed {config['seed']} (--dp-reproducible, "
+                        "recorded in config.json), so anyone who knows it can draw the noise again and remove it")
+    if _publishes_statistics(history, train_metrics):
+        warnings.append("the training set's statistics recorded (--dp-train-metrics) are outside the privacy guarantee")
+    return warnings
+
+
+TRAIN_STATISTICS = ("loss", "accuracy", "running_loss", "batch_size_mean")
+
+
+def _publishes_statistics(history, train_metrics: bool) -> bool:
+    """Whether a private run's files hold statistics of its training part (asked for, now or before)."""
+    return bool(train_metrics) or any(k in r for r in history for k in TRAIN_STATISTICS)
+
+
+def _privacy_summary(config: dict, spent: "float | None", warnings: list) -> dict:
+    """A private run's entries in summary.json: ε (null for ∞, without noise), δ, whether the
+    randomness was the OS's, and what the guarantee does not cover."""
+    spent = None if spent is None or not math.isfinite(spent) else spent
+    return {"epsilon": spent, "delta": config["dp_delta"], "dp_secure": not config["dp_reproducible"],
+            "dp_warnings": warnings}
+
+
+def _train(folder, config, dataset, built, run, args, writer=True) -> int:
+    """The run itself, in a folder this process holds: ``run`` is :func:`_fit_call`'s, checked already.
+    With many processes only process 0 (the ``writer``) writes or prints; the others train beside it."""
+    out = folder.path
+    params, key, history = run.args[1], run.keywords["key"], run.keywords["history"]
+    best, feedback = run.keywords.get("best_params"), run.keywords.get("feedback")
     if not writer:
         run()
         return 0
@@ -393,6 +506,11 @@ def _train(folder, config, dataset, built, state, args, mesh=None, writer=True) 
     done = list(history)
     last = {"params": params, "best": best, "feedback": feedback}
     progress = not args.no_progress and sys.stderr.isatty() and _has_tqdm()
+    private, secure = built.privacy is not None, built.privacy is not None and built.privacy.secure
+    warnings = _dp_warnings(config, history, run.keywords["train_metrics"])
+    for warning in warnings:
+        print(f"jbp: warning: {warning}", file=sys.stderr)
+    saved_key = placeholder_key(key) if secure else key  # a secure run writes none of its keys
 
     def on_epoch(record, params, opt_state, feedback=None):
         if config["patience"] is not None and record["best_epoch"] == record["epoch"]:
@@ -400,8 +518,8 @@ def _train(folder, config, dataset, built, state, args, mesh=None, writer=True) 
         extras = {"best_params": last["best"]} if config["patience"] is not None else {}
         if feedback is not None:
             extras["feedback"] = feedback.matrices
-        ckpt.save(out / "checkpoint.ckpt", params=params, opt_state=opt_state, epoch=record["epoch"],
-                  key=key, config=config, history=done + [record], extras=extras or None)
+        ckpt.save(out / "checkpoint.ckpt", params=params, opt_state=public_state(opt_state) if secure else opt_state,
+                  epoch=record["epoch"], key=saved_key, config=config, history=done + [record], extras=extras or None)
         done.append(record)
         last["params"] = params
         with open(out / "metrics.jsonl", "a") as f:
@@ -411,17 +529,31 @@ def _train(folder, config, dataset, built, state, args, mesh=None, writer=True) 
 
     def kept() -> str:
         return (f"the checkpoint of epoch {done[-1]['epoch']}, the last finished, is kept in {out}"
-                if done else f"no epoch finished, so {out} holds no checkpoint")
+                if done else "no epoch finished, so there is no checkpoint to continue from")
+
+    def stopped(steps: int, spent: "float | None") -> str:
+        """A private run that stops writes the ε of the steps behind the parameters it keeps."""
+        if not private:
+            return ""
+        summary = {"incomplete": True, "epochs": done[-1]["epoch"] if done else 0, "steps": steps,
+                   **_privacy_summary(config, spent, warnings)}
+        write_json(out / "summary.json", summary)
+        return f"; their ε is in {out / 'summary.json'} (incomplete)"
 
     try:
         result = run(on_epoch=on_epoch, progress=progress)
     except TrainingDiverged as err:
         ckpt.save_params(out / "params.npz", err.params)
-        return fail(f"{err}; they are saved in {out / 'params.npz'}, and {kept()}", status=1)
+        note = stopped(err.steps, err.epsilon)
+        return fail(f"{err}; they are saved in {out / 'params.npz'}{note}, and {kept()}", status=1)
     except KeyboardInterrupt:
         if done:
             ckpt.save_params(out / "params.npz", last["params"])
-            return fail(f"interrupted; {kept()}, its parameters in {out / 'params.npz'}: "
+            spent = done[-1].get("epsilon")
+            note = stopped(done[-1]["epoch"] * config["steps_per_epoch"], spent)
+            if spent is not None:
+                note = f" (they spent ε = {spent:.4g} at δ = {config['dp_delta']:g}){note}"
+            return fail(f"interrupted; {kept()}, its parameters in {out / 'params.npz'}{note}: "
                         f"continue with jbp train --resume {out}", status=130)
         return fail(f"interrupted; {kept()}", status=130)
     except OSError as err:
@@ -433,25 +565,32 @@ def _train(folder, config, dataset, built, state, args, mesh=None, writer=True) 
     summary = {"epochs": result.history[-1]["epoch"]}
     if result.best_epoch is not None:
         summary["best_epoch"] = result.best_epoch
-    if built.privacy is not None:
-        spent = epsilon(config["dp_noise"], config["batch_size"] / len(train.X),
-                        summary["epochs"] * config["steps_per_epoch"], config["dp_delta"])
-        summary.update(epsilon=spent if spent != float("inf") else None, delta=config["dp_delta"])
+    if private:  # the ε fit accounted over every step behind the parameters: its last record's, no second figure
+        summary.update(_privacy_summary(config, result.history[-1].get("epsilon"), warnings))
+    published = not private or run.keywords["train_metrics"]  # a private run's training part only when asked for
     for name, split in (("train", dataset.train), ("validation", dataset.validation), ("test", dataset.test)):
-        if len(split.X):
-            summary.update({f"{name}_{k}": v for k, v in evaluate(built.net, final, split.X, split.Y, built.loss).items()})
+        if len(split.X) and (name != "train" or published):
+            try:
+                summary.update({f"{name}_{k}": v for k, v in evaluate(built.net, final, split.X, split.Y, built.loss).items()})
+            except FloatingPointError as err:  # the summary (and a private run's ε) is written all the same
+                summary[f"{name}_error"] = " ".join(str(err).split())
+                print(f"jbp: warning: the {name} part could not be measured: {summary[f'{name}_error']}", file=sys.stderr)
     write_json(out / "summary.json", summary)
     note = _plot(out / "plot.png", result.history, f"{config['data']}: {'-'.join(map(str, config['sizes']))}, "
                  f"{config['optimizer']} lr {config['lr']}")
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("test_"))
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("test_") and k != "test_error")
     if result.stopped_early:
         print(f"stopped early after epoch {summary['epochs']}: the validation loss last improved at epoch "
               f"{result.best_epoch}, whose parameters are kept")
     elif result.best_epoch is not None:
         print(f"the best epoch by validation loss was {result.best_epoch}; its parameters are kept")
-    if built.privacy is not None:
+    if private:
         spent = "∞ (no noise)" if summary["epsilon"] is None else f"{summary['epsilon']:.3g}"
-        shown += f"; private: ε = {spent} at δ = {config['dp_delta']:g}"
+        shown += f"; {'private: ' if secure else ''}ε = {spent} at δ = {config['dp_delta']:g}"
+        if config["dp_reproducible"]:
+            shown += f"; not private: the noise is drawn from --seed {config['seed']}"
+        if _publishes_statistics(done, run.keywords["train_metrics"]):
+            shown += "; training statistics recorded, outside the guarantee"
     print(f"{summary['epochs']} epochs: {shown}; saved in {out}")
     if note:
         print(note, file=sys.stderr)

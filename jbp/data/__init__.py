@@ -15,15 +15,19 @@ them (divisor, standardization learned on the training part, classes), so
 that a trained network can be given raw inputs later.
 """
 
+import math
 import pathlib
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
+from jbp.checks import available_memory
 from jbp.data.idx import read_idx
 from jbp.data.preprocessing import Preprocessing, learn, statistics
-from jbp.data.tabular import is_table, read_csv, read_table_npz, stratified_split, table_path
+from jbp.data.tabular import (is_table, label_codes, read_columns, read_csv, read_table, read_table_npz, rows_needed,
+                              split_rows, stratified_split, table_path)
 from jbp.files import FileFormatError, read_npz
 
 
@@ -82,9 +86,29 @@ def _split(X: np.ndarray, labels: np.ndarray, n_classes: int, Y: "np.ndarray | N
     return Split(np.ascontiguousarray(X, np.float32), Y, labels)
 
 
+def check_size(name: str, rows: int, n_features: int, n_classes: int) -> None:
+    """Refuses a data set whose arrays cannot be held: the float32 inputs and one-hot targets of
+    ``rows`` rows, counted twice (the arrays here, and the copies training or evaluation places on a
+    device), against the memory available; nothing is allocated first.
+
+    Raises:
+      ValueError: naming the classes, the rows, the bytes needed and the bytes available.
+    """
+    targets, inputs = 4 * rows * n_classes, 4 * rows * n_features
+    needed, available = 2 * (targets + inputs), available_memory()
+    if needed > available:
+        raise ValueError(
+            f"{name}: {n_classes:,} classes over {rows:,} rows of {n_features:,} features: the one-hot targets "
+            f"need {targets / 1e9:.3g} GB and the inputs {inputs / 1e9:.3g} GB, {needed / 1e9:.3g} GB with their "
+            f"copies on the device, and this machine has {available / 1e9:.3g} GB available"
+        )
+
+
 def _parts(name: str, prep: Preprocessing, parts: "list[tuple[np.ndarray, np.ndarray]]") -> Dataset:
-    """A data set from raw (inputs, class indices) parts: train, validation, test."""
+    """A data set from raw (inputs, class indices) parts: train, validation, test; its size is
+    checked (:func:`check_size`) before any target is built."""
     n = len(prep.classes)
+    check_size(name, sum(len(X) for X, _ in parts), math.prod(parts[0][0].shape[1:]), n)
     splits = [_split(prep.inputs(X, f"{name} inputs"), labels, n) for X, labels in parts]
     return Dataset(name, *splits, n, prep)
 
@@ -279,40 +303,60 @@ def table(spec: str, *, target: "str | int | None" = None, header: "bool | None"
     own test part, and its training part gives the validation). Labels may
     be whole numbers or strings; classes are the distinct labels of the
     training part, sorted. With ``standardize``, features are centred and
-    scaled by the training part's statistics.
+    scaled by the training part's statistics. A CSV file's column names are
+    kept in the preprocessing (``features``, ``target``).
 
     Raises:
       ValueError: for one class only, labels in the validation or test part
-        that the training part lacks, fractions outside ``[0, 1)``, and
-        everything the readers refuse.
+        that the training part lacks, fractions outside ``[0, 1)``, classes
+        too small to give the validation or test part a row (naming the
+        largest class and its rows), data that cannot fit in memory
+        (:func:`check_size`), and everything the readers refuse.
     """
     path = table_path(spec)
     if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
         raise ValueError(f"validation and test fractions must be in [0, 1) with a sum below 1, got {validation} and {test}")
+    names = {}
     if spec.startswith("csv:"):
-        X, labels, _ = read_csv(path, target=target, header=header, limit=limit)
-        given = None
+        X, codes, values, features, label = read_table(path, target=target, header=header, limit=limit)
+        given, names = None, {"features": features, "target": label}
     else:
         arrays = read_table_npz(path, limit=limit)
         if "X" in arrays:
             X, labels, given = arrays["X"], arrays["y"], None
         else:
             X, labels, given = arrays["x_train"], arrays["y_train"], (arrays["x_test"], arrays["y_test"])
-    labels = list(np.asarray(labels).tolist())
+        codes, values = label_codes(labels)
+        del arrays, labels
     X = np.asarray(X).reshape(len(X), -1)
     if given is None:
-        test_rows, val_rows, train_rows = stratified_split(labels, (test, validation), seed)
+        fractions = {"test": test, "validation": validation}
+        test_rows, val_rows, train_rows = split_rows(codes, values, (test, validation), seed)
         rows = {"train": train_rows, "validation": val_rows, "test": test_rows}
-        pieces = {k: (X[r], [labels[i] for i in r]) for k, r in rows.items()}
     else:
-        val_rows, train_rows = stratified_split(labels, (validation,), seed)
-        pieces = {"train": (X[train_rows], [labels[i] for i in train_rows]),
-                  "validation": (X[val_rows], [labels[i] for i in val_rows]),
-                  "test": (np.asarray(given[0]).reshape(len(given[0]), -1), list(np.asarray(given[1]).tolist()))}
+        fractions = {"validation": validation}
+        val_rows, train_rows = split_rows(codes, values, (validation,), seed)
+        rows = {"train": train_rows, "validation": val_rows}
+    for part, fraction in fractions.items():
+        if fraction > 0 and len(rows[part]) == 0:
+            counts = np.bincount(codes, minlength=len(values))
+            largest = int(np.argmax(counts))
+            raise ValueError(
+                f"{path}: the {part} part ({fraction:.0%} of each class) would be empty: the largest class, "
+                f"{values[largest]!r}, has {counts[largest]} row(s), and a class needs {rows_needed(fraction)} "
+                f"for {fraction:.0%} of it to round to a row"
+            )
+    pieces = {part: (X[r], codes[r], values) for part, r in rows.items()}
+    del X
+    if given is not None:
+        test_codes, test_values = label_codes(given[1])
+        pieces["test"] = (np.asarray(given[0]).reshape(len(given[0]), -1), test_codes, test_values)
     if len(pieces["train"][0]) == 0:
         raise ValueError(f"{path}: no rows are left for training")
-    prep = learn(pieces["train"][0], pieces["train"][1], standardize=standardize, where=str(path))
-    parts = [(x, prep.encode(l, f"{path} ({part} part)")) for part, (x, l) in pieces.items()]
+    train_codes = pieces["train"][1]
+    present = [values[k] for k in np.unique(train_codes)]
+    prep = learn(pieces["train"][0], present, standardize=standardize, where=str(path))._replace(**names)
+    parts = [(x, prep.encode_codes(c, v, f"{path} ({part} part)")) for part, (x, c, v) in pieces.items()]
     return _parts(spec, prep, parts)
 
 
@@ -349,15 +393,20 @@ def load(spec: str, limit: "int | str | None" = None, *, standardize: "bool | No
 
 
 def read_inputs(path: "str | pathlib.Path", n_features: int, *, target: "str | int | None" = None,
-                header: "bool | None" = None, limit: "int | str | None" = None) -> np.ndarray:
+                header: "bool | None" = None, limit: "int | str | None" = None,
+                features: "Sequence[str] | None" = None) -> np.ndarray:
     """Raw inputs to predict from: an ``.npz`` (array ``X``, else ``x_test``, else its only array), a
-    CSV file (the features; a column more, the label, is dropped: ``target`` or the last), or an
-    IDX file (gzipped or not). Returned as read, ``(m, n_features)``; the run's preprocessing
-    turns them into what its network saw.
+    CSV file, or an IDX file (gzipped or not). Returned as read, ``(m, n_features)``; the run's
+    preprocessing turns them into what its network saw.
+
+    A CSV file is matched to the run's feature names (``features``) by name when both have names:
+    its columns are put in the run's order, others (the label) passed over, a missing one refused.
+    Otherwise (no header, a run without names; npz and IDX always) by position: ``n_features``
+    columns, or for a CSV one more, the label (``target``, the last by default), dropped.
 
     Raises:
-      FileNotFoundError, FileFormatError, ValueError: for a file that is none of these, or whose
-        rows do not have ``n_features`` features.
+      FileNotFoundError, FileFormatError, ValueError: for a file that is none of these, a column
+        missing, or rows that do not have ``n_features`` features.
     """
     from jbp.files import npz_names, regular_file
 
@@ -371,12 +420,7 @@ def read_inputs(path: "str | pathlib.Path", n_features: int, *, target: "str | i
                                   "name it X")
         X = read_npz(path, [chosen], limit=limit)[chosen]
     elif name.endswith(".csv"):
-        try:  # features only?
-            X = read_csv(path, header=header, limit=limit, features_only=True)[0]
-        except FileFormatError:
-            X = None  # a column that is not numbers: the labels, as in the training file
-        if X is None or X.shape[1] == n_features + 1:  # the label column too: the training file's layout
-            X = read_csv(path, target=target, header=header, limit=limit)[0]
+        X = read_columns(path, n_features, features=features, target=target, header=header, limit=limit).X
     else:
         X = read_idx(path, limit)
     if X.ndim < 2:
@@ -390,21 +434,40 @@ def read_inputs(path: "str | pathlib.Path", n_features: int, *, target: "str | i
 
 
 def evaluation_data(spec: str, preprocessing: Preprocessing, *, target=None, header=None,
-                    limit: "int | str | None" = None) -> tuple[np.ndarray, np.ndarray]:
+                    limit: "int | str | None" = None, n_features: "int | None" = None) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and class indices to evaluate a run on, from a data set other than its own.
 
-    A CSV or npz file is read whole (an npz with a test part gives that part);
-    an MNIST-format set gives its test part. Raw inputs and labels go through
-    the run's ``preprocessing``: labels it never saw are refused.
+    A CSV or npz file is read whole (an npz with a test part gives that part); a CSV file is matched
+    to the run's columns by name (:func:`read_inputs`' rule; the labels from the run's label column);
+    an MNIST-format set gives its test part; a named set (``digits``, ``xor``) its test part, its
+    labels re-encoded as the run's classes. Raw inputs and labels go through the run's
+    ``preprocessing``: labels it never saw are refused; inputs of another width than ``n_features``
+    (the network's, or the preprocessing's) are refused before anything is computed.
     """
+    n_features = n_features if n_features is not None else (
+        len(preprocessing.mean) if preprocessing.mean is not None else
+        len(preprocessing.features) if preprocessing.features is not None else None)
+
+    def fits(X, where):
+        width = math.prod(np.shape(X)[1:])
+        if n_features is not None and width != n_features:
+            raise FileFormatError(f"{where}: rows of {width} features; the run's network takes {n_features}")
+        return X
+
     if is_table(spec):
         path = table_path(spec)
         if spec.startswith("csv:"):
-            X, labels, _ = read_csv(path, target=target, header=header, limit=limit)
+            if n_features is None:
+                read = read_table(path, target=target, header=header, limit=limit)
+            else:
+                read = read_columns(path, n_features, features=preprocessing.features, label=preprocessing.target,
+                                    target=target, header=header, labels=True, limit=limit)
+            X, labels = read.X, preprocessing.encode_codes(read.codes, read.values, str(path))
         else:
             arrays = read_table_npz(path, limit=limit)
-            X, labels = (arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else (arrays["X"], arrays["y"])
-        return preprocessing.inputs(X, str(path)), preprocessing.encode(list(np.asarray(labels).tolist()), str(path))
+            X, y = (arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else (arrays["X"], arrays["y"])
+            labels = preprocessing.encode_codes(*label_codes(y), str(path))
+        return preprocessing.inputs(fits(X, str(path)), str(path)), labels
     if spec.startswith(("mnist:", "fashion-mnist")):
         folder = None if spec == "fashion-mnist" else spec.split(":", 1)[1]
         if folder is None:
@@ -417,6 +480,7 @@ def evaluation_data(spec: str, preprocessing: Preprocessing, *, target=None, hea
         if images is None or labels is None:
             raise FileNotFoundError(f"{folder} holds no t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte")
         X, y = read_idx(images, limit), as_labels(read_idx(labels, limit), str(labels))
-        return preprocessing.inputs(X, str(images)), preprocessing.encode(y.tolist(), str(labels))
+        return preprocessing.inputs(fits(X, str(images)), str(images)), preprocessing.encode(y.tolist(), str(labels))
     dataset = load(spec, limit)
-    return dataset.test.X, dataset.test.labels
+    X = fits(dataset.test.X, f"{spec} (test part)")
+    return X, preprocessing.encode(dataset.preprocessing.decode(dataset.test.labels), f"{spec} (test part)")

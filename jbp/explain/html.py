@@ -702,7 +702,7 @@ def render(example: Example) -> str:
       >>> page.startswith("<!DOCTYPE html>"), "http" in page, page.count('class="step ')
       (True, False, 6)
     """
-    from jbp import __version__
+    from jbp._version import __version__
 
     check_size(example.net.sizes)
     title = example.title or "One sample through the network"
@@ -756,6 +756,6 @@ def write(example: Example, path: "str | os.PathLike") -> pathlib.Path:
     """
     path = check_destination(path)
     page = render(example).encode("utf-8")
-    atomic_write(path, lambda f: f.write(page))
+    atomic_write(path, lambda f: f.write(page), one_link=True)  # a page the user named: see jbp.files.check_replaceable
     return path
 
