@@ -220,9 +220,13 @@ def kolen_pollack(matrices: Sequence[Array], decay: float = 1e-4) -> Feedback:
 
 
 def _random_like_weights(net, key: Array, dtype=None) -> tuple:
-    from jbp.network import init
-
-    return tuple(layer.W for layer in init(net, key, dtype=dtype))
+    """One ``(n_l, n_{l-1})`` matrix per layer, drawn exactly as :func:`jbp.init` draws the weights
+    (LeCun normal, the key split once per layer), without importing the network module."""
+    check_key(key)
+    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    initializer = jax.nn.initializers.lecun_normal(in_axis=-1, out_axis=-2)
+    keys = jax.random.split(key, net.depth)
+    return tuple(initializer(k, (n_out, n_in), dtype) for k, n_in, n_out in zip(keys, net.sizes[:-1], net.sizes[1:]))
 
 
 def _random_direct(net, key: Array, dtype=None) -> tuple:
