@@ -9,6 +9,8 @@ text it was given (the sources are not touched):
 - ``Example:`` → ``Examples:``, the section griffe renders as code;
 - a ``.. math::`` block → a fenced ``tex`` block (no MathJax: the site
   fetches nothing);
+- a reStructuredText simple table (rows between ``=====  =====`` borders,
+  the first row its header) → a Markdown table;
 - ``:func:`name``` and the other roles → a link to the object's entry in
   the API reference when it has one, and plain code otherwise, never a
   broken link.
@@ -26,6 +28,7 @@ import griffe
 ROLE = re.compile(r":(?:func|class|mod|meth|data|attr|obj|exc):`(?P<tilde>~?)(?P<target>[\w.]+)(?:\(\))?`")
 MATH = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<inline>.*)$")
 EXAMPLE = re.compile(r"^(?P<indent>[ \t]*)Example:[ \t]*$", flags=re.MULTILINE)
+BORDER = re.compile(r"^(?P<indent>[ \t]*)=+(?: +=+)+[ \t]*$")
 
 
 def _canonical(target: str, module: str) -> "str | None":
@@ -89,9 +92,50 @@ def _math(text: str) -> str:
     return "\n".join(out)
 
 
+def _cells(line: str, starts: list[int]) -> list[str]:
+    """One row of a simple table cut at the columns' starts; a cell that runs past its column's
+    end (rST would refuse it) ends at the first run of two spaces after it instead."""
+    cuts = [starts[0]]
+    for start in starts[1:]:
+        cut = start
+        if start < len(line) and line[start - 1] != " ":
+            gap = re.compile(r" {2,}(?=\S)").search(line, start)
+            cut = gap.end() if gap else len(line)
+        cuts.append(max(cut, cuts[-1]))
+    return [line[a:b].strip() for a, b in zip(cuts, cuts[1:] + [len(line)])]
+
+
+def _tables(text: str) -> str:
+    """rST simple tables (top border, header, border, rows, bottom border) → Markdown tables. A row
+    whose first cell is empty continues the row above it, as in rST."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        top = BORDER.match(lines[i])
+        ends = [j for j in range(i + 1, len(lines)) if BORDER.match(lines[j])][:2] if top else []
+        if len(ends) < 2 or any(not line.strip() for line in lines[i + 1 : ends[0]]):
+            out.append(lines[i])
+            i += 1
+            continue
+        starts = [m.start() for m in re.finditer(r"=+", lines[i])]
+        rows = []
+        for j in range(i + 1, ends[1]):
+            if j == ends[0] or not lines[j].strip():
+                continue
+            cells = _cells(lines[j], starts)
+            if rows and not cells[0] and j != ends[0] + 1:
+                rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells)]
+            else:
+                rows.append(cells)
+        indent = top["indent"]
+        row = lambda cells: indent + "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+        out += [row(rows[0]), indent + "|" + " --- |" * len(starts), *map(row, rows[1:])]
+        i = ends[1] + 1
+    return "\n".join(out)
+
+
 def markdown(text: str, module: str) -> str:
     """A jbp docstring rewritten for mkdocstrings."""
-    return _roles(EXAMPLE.sub(r"\g<indent>Examples:", _math(text)), module)
+    return _roles(EXAMPLE.sub(r"\g<indent>Examples:", _tables(_math(text))), module)
 
 
 class JbpDocstrings(griffe.Extension):

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 import jbp
-from jbp.train import _apply
+from jbp.update import apply
 
 LEARNING_RATE = 0.1
 
@@ -202,7 +202,7 @@ def bench_rules(sizes, batch_sizes, repeats: int, steps: int, seed: int = 0):
             feedback = learned if rule.learns else fixed
             _, grads = jbp.loss_and_grads(net, params, X, Y, jbp.softmax_cross_entropy,
                                           feedback=None if rule.kind == "backprop" else feedback)
-            (params, state, feedback, _), _ = _apply(optimizer, (params, state, feedback, True), grads, 0.0, False)
+            (params, state, feedback, _), _ = apply(net, optimizer, (params, state, feedback, True), grads, 0.0, False)
             return (params, state, feedback if rule.learns else None), 0.0
 
         return step

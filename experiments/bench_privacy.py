@@ -53,7 +53,7 @@ MAX_NORM, SIGMA = 1.0, 1.0
 def jax_steps(net, batch):
     loss = jbp.softmax_cross_entropy
     noise = jbp.dp_noise(SIGMA * MAX_NORM / batch, jax.random.key(7))
-    from jbp.train import _private_epoch, private_optimizer
+    from jbp.privacy import poisson_epoch, private_optimizer
 
     @jax.jit
     def plain(params, X, Y, state):
@@ -88,7 +88,7 @@ def jax_steps(net, batch):
     optimizer = private_optimizer(privacy, optax.sgd(0.1), batch)
 
     def epoch(params, X_set, Y_set, state):
-        out = _private_epoch(net, params, state, X_set, Y_set, jax.random.key(9), jnp.asarray(MAX_NORM, jnp.float32),
+        out = poisson_epoch(net, params, state, X_set, Y_set, jax.random.key(9), jnp.asarray(MAX_NORM, jnp.float32),
                              loss=loss, optimizer=optimizer, batch_size=batch, l2=0.0)
         return out[0], out[1]
 

@@ -42,7 +42,7 @@ import optax  # noqa: E402
 import jbp  # noqa: E402
 from bench import LEARNING_RATE, autodiff_cost, machine, make_steps  # noqa: E402
 from common import RESULTS, write_json  # noqa: E402
-from jbp import train as training  # noqa: E402
+from jbp import epochs  # noqa: E402
 
 SIZES = [784, 512, 512, 10]
 
@@ -177,7 +177,7 @@ def compile_table(n, batch, rounds):
     # each from cold: jax.clear_caches() first, so no trace or executable of an earlier round is reused
     def fit_program():
         jax.clear_caches()
-        training._epoch.lower(net, params, state, X, Y, key, None, loss=jbp.softmax_cross_entropy, optimizer=optimizer,
+        epochs.epoch.lower(net, params, state, X, Y, key, None, loss=jbp.softmax_cross_entropy, optimizer=optimizer,
                               batch_size=batch, drop_last=True, l2=0.0).compile()
 
     def autodiff_program():

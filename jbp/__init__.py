@@ -1,7 +1,8 @@
 """jbp: backpropagation written by hand, compiled by JAX.
 
-The forward and backward passes of a multi-layer perceptron are pure
-functions that implement the delta equations BP1–BP4 for one sample; batches
+The forward and backward passes of a network are pure functions that
+implement the delta equations BP1–BP4 for one sample, each layer type with its
+own hand-derived steps (:mod:`jbp.layers`); batches
 are ``jax.vmap`` of them, reduced as Coursera's regularized cost prescribes,
 and compiled with ``jax.jit``. No JAX autodiff is used anywhere in the
 package: the tests compare every gradient with ``jax.grad``.
@@ -41,7 +42,8 @@ from jbp.losses import (
     softmax_cross_entropy,
     squared_error,
 )
-from jbp.network import MLP, Dense, Trace, backpropagate, backward, deltas, forward, init, mlp
+from jbp.layers import Layer, dense
+from jbp.network import MLP, Dense, Network, Trace, backpropagate, backward, deltas, forward, init, mlp, network
 from jbp.quantities import (
     QUANTITIES,
     KronFactors,
@@ -54,10 +56,11 @@ from jbp.quantities import (
     sum_grad_squared,
 )
 from jbp.privacy import DPSGD, clipped_grads, dp_noise, dp_sgd
-from jbp.train import FitResult, TrainingDiverged, confusion_matrix, evaluate, fit, predicted_classes
+from jbp.metrics import confusion_matrix, evaluate, predicted_classes
+from jbp.train import FitResult, TrainingDiverged, fit
 from jbp.run import Run, load_run
 from jbp.explain import Explanation, explain
-from jbp import checkpoint, data, feedback, optimizers, privacy
+from jbp import checkpoint, data, feedback, layers, optimizers, privacy
 
 from jbp._version import __version__
 
@@ -84,7 +87,11 @@ __all__ = [
     "output_delta",
     "softmax_cross_entropy",
     "squared_error",
-    # network: one sample
+    # layers and networks: one sample
+    "Layer",
+    "dense",
+    "network",
+    "Network",
     "MLP",
     "Dense",
     "Trace",
@@ -144,6 +151,7 @@ __all__ = [
     "checkpoint",
     "data",
     "feedback",
+    "layers",
     "optimizers",
     "privacy",
 ]

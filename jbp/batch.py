@@ -11,12 +11,14 @@ the samples and then forms
 
 (biases are not penalized). Here the per-sample deltas come from
 ``jax.vmap`` of :func:`jbp.network.deltas`, stacked as a matrix of shape
-``(m, n_l)``, and the sum ``Σ_i δ_i a_i^T`` is one contraction over the batch
-axis, ``δ^T A``: a single matrix product, never a stack of ``m`` outer products
-summed afterwards (which XLA does not turn into a matmul).
+``(m, n_l)``, and each layer reduces them with its own contraction
+(:mod:`jbp.layers`): for a dense layer the sum ``Σ_i δ_i a_i^T`` is ``δ^T A``, a
+single matrix product, never a stack of ``m`` outer products summed afterwards
+(which XLA does not turn into a matmul). The L2 term touches the parameters
+each layer marks as decayed (a dense layer's ``W``, never ``b``).
 
-Per-example gradients and their norms come from the same vmapped deltas: the
-norm of sample ``i``'s whole gradient is
+Per-example gradients and their norms come from the same vmapped deltas: for
+dense layers the norm of sample ``i``'s whole gradient is
 ``sqrt(Σ_l ‖δ_i^l‖² (‖a_i^{l-1}‖² + 1))``, because ``‖δ a^T‖_F = ‖δ‖ ‖a‖``;
 no outer product is formed.
 
@@ -35,19 +37,18 @@ import numpy as np
 from jbp.checks import check_finite, check_targets, dtype_of, finite_result, labels_to_targets
 from jbp.feedback import Feedback, check_feedback
 from jbp.losses import Loss, check_pair, get_loss, output_cost
-from jbp.network import MLP, Dense, Trace, check_params, deltas, forward
-from jbp.parallel import contract
+from jbp.network import Dense, Network, Trace, _deltas, _forward, _shape_text, check_params, params_dtype
 
 Array = jax.Array
 
 
 def forward_costs(
-    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: Loss
+    net: Network, params: Sequence[Any], X: Array, Y: Array, loss: Loss
 ) -> tuple[Trace, Array]:
     """The forward pass and the cost ``C(x_i, y_i)`` of every sample, batch axis first.
 
     Uncompiled and unchecked: a building block of the compiled functions."""
-    traces = jax.vmap(partial(forward, net, params))(X)
+    traces = jax.vmap(partial(_forward, net, params))(X)
     costs = jax.vmap(partial(output_cost, net.activations[-1], loss))(
         traces.zs[-1], traces.activations[-1], Y
     )
@@ -55,72 +56,86 @@ def forward_costs(
 
 
 def batch_passes(
-    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: Loss, feedback: "Feedback | None" = None
+    net: Network, params: Sequence[Any], X: Array, Y: Array, loss: Loss, feedback: "Feedback | None" = None
 ) -> tuple[Trace, tuple[Array, ...], Array]:
     """Forward and BP1/BP2 for every sample: traces, deltas and costs, each with a leading batch axis."""
     traces, costs = forward_costs(net, params, X, Y, loss)
-    errors = jax.vmap(partial(deltas, net, params, loss=loss, feedback=feedback))(traces, Y)
+    errors = jax.vmap(partial(_deltas, net, params, loss=loss, feedback=feedback))(traces, Y)
     return traces, errors, costs
 
 
-def penalty(params: Sequence[Dense], l2: Array, m: int, regularized: bool) -> Array:
-    """The Coursera regularization term ``(λ / 2m) Σ_l ‖W^l‖²``.
+def decayed_leaves(net: Network, params: Sequence[Any]) -> list:
+    """The parameters the L2 penalty and weight decay touch, layer by layer (a dense layer's ``W``)."""
+    return [leaf for layer, p in zip(net.layers, params)
+            for leaf, decayed in zip(jax.tree.leaves(p), jax.tree.leaves(layer.decayed(p))) if decayed]
+
+
+def penalty(net: Network, params: Sequence[Any], l2: Array, m: int, regularized: bool) -> Array:
+    """The Coursera regularization term ``(λ / 2m) Σ_l ‖W^l‖²`` (over every layer's decayed parameters).
 
     ``regularized`` is static: with ``λ = 0`` known before compiling, the
     program does not read every weight to multiply the sum by zero."""
     if not regularized:
         return jnp.zeros((), l2.dtype)
-    return l2 / (2 * m) * sum(jnp.sum(layer.W**2) for layer in params)
+    return l2 / (2 * m) * sum(jnp.sum(w**2) for w in decayed_leaves(net, params))
+
+
+def with_l2(net: Network, params: Sequence[Any], sums: Sequence[Any], divisor: Any, rate: Any) -> tuple:
+    """``sum / divisor + rate · θ`` for the decayed parameters ``θ``, ``sum / divisor`` for the rest:
+    Coursera's ``D = Δ/m + (λ/m) W`` with ``divisor = m``, ``rate = λ/m``."""
+    return tuple(
+        jax.tree.map(lambda g, w, decayed: g / divisor + rate * w if decayed else g / divisor, s, p, layer.decayed(p))
+        for layer, s, p in zip(net.layers, sums, params)
+    )
+
+
+def layer_sums(net: Network, params: Sequence[Any], inputs: Sequence[Array], errors: Sequence[Array]) -> tuple:
+    """``Σ_i grads(θ^l, a_i^{l-1}, δ_i^l)`` for every layer, by each layer's own contraction."""
+    return tuple(layer.batch_grads(p, a, d) for layer, p, a, d in zip(net.layers, params, inputs, errors))
+
+
+def sq_norms(net: Network, params: Sequence[Any], inputs: Sequence[Array], errors: Sequence[Array]) -> Array:
+    """``‖g_i‖²`` over every layer's parameters, shape ``(m,)`` (layers without parameters add nothing)."""
+    return sum(layer.per_example_sq_norms(p, a, d)
+               for layer, p, a, d in zip(net.layers, params, inputs, errors) if jax.tree.leaves(p))
 
 
 @partial(jax.jit, static_argnames=("net", "loss", "regularized"))
 def _loss_and_grads(net, params, X, Y, loss, l2, regularized, feedback=None):
     m = X.shape[0]
     traces, errors, costs = batch_passes(net, params, X, Y, loss, feedback)
-    J = jnp.mean(costs) + penalty(params, l2, m, regularized)
-    grads = tuple(
-        Dense(
-            W=contract(delta, a_prev) / m + (l2 / m) * layer.W,  # D = Δ/m + (λ/m) W, Δ = δᵀ A
-            b=jnp.sum(delta, axis=0) / m,
-        )
-        for layer, delta, a_prev in zip(params, errors, traces.activations[:-1])
-    )
-    return J, grads
+    J = jnp.mean(costs) + penalty(net, params, l2, m, regularized)
+    sums = layer_sums(net, params, traces.activations[:-1], errors)  # Δ = δᵀ A for a dense layer
+    return J, with_l2(net, params, sums, m, l2 / m)  # D = Δ/m + (λ/m) W
 
 
 @partial(jax.jit, static_argnames=("net", "loss", "regularized"))
 def _cost(net, params, X, Y, loss, l2, regularized):
     _, costs = forward_costs(net, params, X, Y, loss)
-    return jnp.mean(costs) + penalty(params, l2, X.shape[0], regularized)
+    return jnp.mean(costs) + penalty(net, params, l2, X.shape[0], regularized)
 
 
 @partial(jax.jit, static_argnames=("net", "loss"))
 def _per_example_grads(net, params, X, Y, loss):
     traces, errors, _ = batch_passes(net, params, X, Y, loss)
-    return tuple(
-        Dense(W=jnp.einsum("bo,bi->boi", delta, a_prev), b=delta)
-        for delta, a_prev in zip(errors, traces.activations[:-1])
-    )
+    return tuple(layer.per_example_grads(p, a, d)
+                 for layer, p, a, d in zip(net.layers, params, traces.activations[:-1], errors))
 
 
 @partial(jax.jit, static_argnames=("net", "loss"))
 def _per_example_grad_norms(net, params, X, Y, loss):
     traces, errors, _ = batch_passes(net, params, X, Y, loss)
-    squared = sum(
-        jnp.sum(delta**2, axis=1) * (jnp.sum(a_prev**2, axis=1) + 1)
-        for delta, a_prev in zip(errors, traces.activations[:-1])
-    )
-    return jnp.sqrt(squared)
+    return jnp.sqrt(sq_norms(net, params, traces.activations[:-1], errors))
 
 
 @partial(jax.jit, static_argnames=("net",))
 def _predict(net, params, X):
-    return jax.vmap(partial(forward, net, params))(X).activations[-1]
+    return jax.vmap(partial(_forward, net, params))(X).activations[-1]
 
 
 def loss_and_grads(
-    net: MLP,
-    params: Sequence[Dense],
+    net: Network,
+    params: Sequence[Any],
     X: Array,
     Y: Array,
     loss: "Loss | str",
@@ -186,8 +201,8 @@ def loss_and_grads(
 
 
 def cost(
-    net: MLP,
-    params: Sequence[Dense],
+    net: Network,
+    params: Sequence[Any],
     X: Array,
     Y: Array,
     loss: "Loss | str",
@@ -212,7 +227,7 @@ def cost(
 
 
 def per_example_grads(
-    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss | str"
+    net: Network, params: Sequence[Any], X: Array, Y: Array, loss: "Loss | str"
 ) -> tuple[Dense, ...]:
     """The gradient of every sample's own cost ``C(x_i, y_i)``.
 
@@ -246,7 +261,7 @@ def per_example_grads(
 
 
 def per_example_grad_norms(
-    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss | str"
+    net: Network, params: Sequence[Any], X: Array, Y: Array, loss: "Loss | str"
 ) -> Array:
     """The L2 norm of every sample's whole gradient, without forming it.
 
@@ -277,7 +292,7 @@ def per_example_grad_norms(
     return finite_result(result, "per_example_grad_norms", params, X, Y)
 
 
-def predict(net: MLP, params: Sequence[Dense], X: Array) -> Array:
+def predict(net: Network, params: Sequence[Any], X: Array) -> Array:
     """The network's outputs ``a^L`` for a batch, shape ``(m, n_L)``.
 
     Example:
@@ -288,34 +303,34 @@ def predict(net: MLP, params: Sequence[Dense], X: Array) -> Array:
       [1.0, 1.0, 1.0, 1.0]
     """
     check_params(net, params)
-    X = _as_matrix(net, params, X, "X", net.sizes[0])
+    X = _as_matrix(net, params, X, "X", net.input_shape)
     return finite_result(_predict(net, params, X), "predict", params, X)
 
 
 # --- checks: shapes only, before anything is compiled.
 
 
-def _as_matrix(net: MLP, params: Sequence[Dense], value: Any, name: str, width: int) -> Array:
+def _as_matrix(net: Network, params: Sequence[Any], value: Any, name: str, sample: tuple) -> Array:
     dtype = dtype_of(value, name)
     shape = jnp.shape(value)
-    if name == "Y" and len(shape) == 1 and jnp.issubdtype(dtype, jnp.integer) and shape[0] > 0:
-        return labels_to_targets(value, width, params[0].W.dtype)
-    if len(shape) != 2 or shape[1] != width:
-        hint = " (one sample? add a batch axis, or use jbp.forward)" if len(shape) == 1 else ""
+    if name == "Y" and len(shape) == 1 and len(sample) == 1 and jnp.issubdtype(dtype, jnp.integer) and shape[0] > 0:
+        return labels_to_targets(value, sample[0], params_dtype(params))
+    if shape[1:] != sample or not shape:
+        hint = " (one sample? add a batch axis, or use jbp.forward)" if shape == sample else ""
         raise ValueError(
-            f"{name} must have shape (m, {width}) for the network {list(net.sizes)}, "
+            f"{name} must have shape {_shape_text(('m', *sample))} for the network {net.name}, "
             f"got shape {shape}{hint}"
         )
     if shape[0] == 0:
         raise ValueError(f"{name} is an empty batch: shape {shape}; expected m ≥ 1 rows")
     check_finite(value, name)
-    return jnp.asarray(value, dtype=params[0].W.dtype)
+    return jnp.asarray(value, dtype=params_dtype(params))
 
 
 def check_batch(
-    net: MLP, params: Sequence[Dense], X: Any, Y: Any, loss: "Loss | None" = None
+    net: Network, params: Sequence[Any], X: Any, Y: Any, loss: "Loss | None" = None
 ) -> tuple[Array, Array]:
-    """Checks ``params``, ``X`` of shape ``(m, n_0)`` and ``Y`` of shape ``(m, n_L)``.
+    """Checks ``params``, ``X`` of shape ``(m, *input_shape)`` and ``Y`` of ``(m, *output_shape)``.
 
     ``Y`` may also be integer class labels of shape ``(m,)``. Concrete values
     are checked too: no NaN or infinity, targets the ``loss`` can take, an
@@ -324,8 +339,8 @@ def check_batch(
     Returns ``X`` and ``Y`` as arrays of the parameters' dtype.
     """
     check_params(net, params)
-    X = _as_matrix(net, params, X, "X", net.sizes[0])
-    Y = _as_matrix(net, params, Y, "Y", net.sizes[-1])
+    X = _as_matrix(net, params, X, "X", net.input_shape)
+    Y = _as_matrix(net, params, Y, "Y", net.output_shape)
     if X.shape[0] != Y.shape[0]:
         raise ValueError(
             f"X and Y must have the same number of rows, got X {X.shape} and Y {Y.shape}"
@@ -336,7 +351,7 @@ def check_batch(
     return X, Y
 
 
-def as_l2(l2: Any, params: Sequence[Dense]) -> tuple[Array, bool]:
+def as_l2(l2: Any, params: Sequence[Any]) -> tuple[Array, bool]:
     """``λ`` as an array, and whether it may be nonzero (a traced ``λ`` may)."""
     dtype_of(l2, "l2")
     if jnp.ndim(l2) != 0:
@@ -345,4 +360,4 @@ def as_l2(l2: Any, params: Sequence[Dense]) -> tuple[Array, bool]:
     if not traced and not (np.isfinite(l2) and l2 >= 0):
         raise ValueError(f"l2 must be a finite number ≥ 0, got {l2}")
     regularized = traced or bool(l2 != 0)
-    return jnp.asarray(l2, dtype=params[0].W.dtype), regularized
+    return jnp.asarray(l2, dtype=params_dtype(params)), regularized

@@ -49,7 +49,7 @@ from jbp.files import (
     too_large,
     write_npz,
 )
-from jbp.network import Dense
+from jbp.layers import Dense
 
 __all__ = ["Checkpoint", "CheckpointError", "atomic_write", "load", "load_params", "save", "save_params"]
 
@@ -351,19 +351,8 @@ def load(
         tree: [_leaf(arrays[f"{tree}/{i}"], d, f"{tree} array {i}", path) for i, d in enumerate(descriptions)]
         for tree, descriptions in described.items()
     }
-    expected_layers = [(tuple(layer.W.shape), tuple(layer.b.shape)) for layer in params_like]
     stored_params = leaves["params"]
-    stored_layers = [
-        (tuple(stored_params[i].shape), tuple(stored_params[i + 1].shape)) for i in range(0, len(stored_params) - 1, 2)
-    ]
-    if stored_layers != expected_layers or len(stored_params) % 2:
-        lines = [
-            f"layer {l}: W {got[0] if got else '-'}, b {got[1] if got else '-'} in the checkpoint; "
-            f"W {want[0] if want else '-'}, b {want[1] if want else '-'} expected"
-            for l, (got, want) in enumerate(zip_longest(stored_layers, expected_layers), 1)
-            if got != want
-        ]
-        raise CheckpointError(f"{path} is for another architecture:\n  " + "\n  ".join(lines or ["odd number of arrays"]))
+    _check_architecture(path, [tuple(leaf.shape) for leaf in stored_params], tuple(params_like))
     params = _restore("params", stored_params, tuple(params_like), path)
     if not all(np.all(np.isfinite(np.asarray(leaf))) for leaf in stored_params):
         raise CheckpointError(f"{path}: the parameters hold NaN or infinity")
@@ -380,8 +369,35 @@ def load(
     return Checkpoint(params, opt_state, meta["epoch"], key, meta["config"], meta["history"], extras)
 
 
+def _check_architecture(path: pathlib.Path, stored: list, params_like: tuple) -> None:
+    """Refuses stored parameter shapes (in ``jax.tree.leaves`` order, as :func:`save` wrote them) that
+    are not those of ``params_like``, naming each layer and array that differs."""
+    if all(isinstance(layer, Dense) for layer in params_like):  # a dense network's file, named as W and b pairs
+        expected_layers = [(tuple(layer.W.shape), tuple(layer.b.shape)) for layer in params_like]
+        stored_layers = [(stored[i], stored[i + 1]) for i in range(0, len(stored) - 1, 2)]
+        if stored_layers == expected_layers and not len(stored) % 2:
+            return
+        lines = [
+            f"layer {l}: W {got[0] if got else '-'}, b {got[1] if got else '-'} in the checkpoint; "
+            f"W {want[0] if want else '-'}, b {want[1] if want else '-'} expected"
+            for l, (got, want) in enumerate(zip_longest(stored_layers, expected_layers), 1)
+            if got != want
+        ]
+        raise CheckpointError(f"{path} is for another architecture:\n  " + "\n  ".join(lines or ["odd number of arrays"]))
+    expected = [(f"layer {l} {jax.tree_util.keystr(where).lstrip('.') or 'params'}", tuple(np.shape(leaf)))
+                for l, layer in enumerate(params_like, 1) for where, leaf in jax.tree_util.tree_flatten_with_path(layer)[0]]
+    if [shape for _, shape in expected] != stored:
+        lines = [f"{want[0] if want else 'beyond the network'}: {got if got is not None else '-'} in the checkpoint; "
+                 f"{want[1] if want else '-'} expected"
+                 for got, want in zip_longest(stored, expected) if want is None or got != want[1]]
+        raise CheckpointError(f"{path} is for another architecture:\n  " + "\n  ".join(lines[:8]))
+
+
 def save_params(path: "str | os.PathLike", params: Sequence[Dense]) -> None:
-    """Saves parameters alone as ``W1, b1, W2, b2, …`` in an ``.npz`` (atomically)."""
+    """Saves a dense network's parameters alone as ``W1, b1, W2, b2, …`` in an ``.npz`` (atomically);
+    for any other layers, :func:`save` keeps the whole pytree."""
+    if not all(isinstance(layer, Dense) for layer in params):
+        raise TypeError("save_params writes dense layers' W and b; save a network with other layers by checkpoint.save")
     arrays = {}
     for l, layer in enumerate(params, 1):
         arrays[f"W{l}"], arrays[f"b{l}"] = np.asarray(layer.W), np.asarray(layer.b)

@@ -18,9 +18,15 @@ rule                           BP2 becomes                                     r
 A rule is a value (a pytree: its matrices are leaves, its kind is static),
 passed as ``feedback=`` to :func:`jbp.deltas`, :func:`jbp.backward`,
 :func:`jbp.loss_and_grads` and :func:`jbp.fit`; with any rule but backprop
-the "gradient" they return is the rule's update direction. The rule never
-imports the network: :func:`carry` receives the layer above, the error above
-and the output error, and returns the vector BP2 multiplies by ``σ'(z^l)``.
+the "gradient" they return is the rule's update direction.
+
+Each kind is one :class:`Rule` in :data:`RULES`, holding all it does: its
+random matrices, the shapes it expects, how it carries the error back through
+a layer, what it learns after an optimizer step and its diagnostics. Adding a
+rule is one subclass and one entry there. A rule works on any layer
+(:mod:`jbp.layers`) through the layer's *transport* (what BP2 carries through:
+Dense's ``W``), so ``B^l`` is shaped like it; the rule never imports the
+network, only asks it for its layers and their shapes.
 """
 
 from collections.abc import Sequence
@@ -35,7 +41,7 @@ from jbp.checks import check_finite, check_key
 Array = jax.Array
 
 KINDS = ("backprop", "fa", "dfa", "sign", "kp")
-"""The rules by their short names (``jbp train --rule``)."""
+"""The rules by their short names (``jbp train --rule``); :data:`RULES` holds each one's behaviour."""
 
 
 @jax.tree_util.register_pytree_node_class
@@ -43,12 +49,17 @@ class Feedback:
     """A credit-assignment rule: its kind, its feedback matrices (or none) and, for
     Kolen-Pollack, the decay both the weights and the matrices receive.
 
+    ``matrices`` holds one entry per layer: for feedback alignment and Kolen-Pollack a pytree
+    shaped like the layer's transport (a matrix like ``W^l`` for a dense layer, ``()`` for a
+    layer without parameters); for direct feedback alignment one ``B^l`` per layer below the
+    output, of shape ``(*out_shape_l, n_L)``.
+
     Build one with :func:`backprop`, :func:`feedback_alignment`,
     :func:`direct_feedback_alignment`, :func:`sign_symmetry` or
     :func:`kolen_pollack`.
     """
 
-    def __init__(self, kind: str, matrices: "tuple[Array, ...]" = (), decay: float = 0.0):
+    def __init__(self, kind: str, matrices: "tuple[Any, ...]" = (), decay: float = 0.0):
         self.kind, self.matrices, self.decay = kind, tuple(matrices), decay
 
     def tree_flatten(self):
@@ -63,36 +74,157 @@ class Feedback:
         return Feedback(self.kind, matrices, self.decay)
 
     @property
+    def rule(self) -> "Rule":
+        """What this kind does (:data:`RULES`)."""
+        if self.kind not in RULES:
+            raise ValueError(f"unknown feedback rule {self.kind!r}; expected one of {', '.join(KINDS)}")
+        return RULES[self.kind]
+
+    @property
     def learns(self) -> bool:
         """Whether its matrices change during training (Kolen-Pollack)."""
-        return self.kind == "kp"
+        return self.kind in RULES and RULES[self.kind].learns
 
     def __repr__(self) -> str:
-        shapes = ", ".join(str(tuple(np.shape(B))) for B in self.matrices)
+        shapes = ", ".join(str(jax.tree.map(lambda B: tuple(np.shape(B)), B)) for B in self.matrices)
         return f"Feedback({self.kind!r}" + (f", matrices {shapes}" if shapes else "") + \
             (f", decay {self.decay}" if self.kind == "kp" else "") + ")"
 
 
-def carry(rule: "Feedback | None", l: int, W_above: Array, delta_above: Array, delta_out: Array) -> Array:
-    """The vector that BP2 multiplies by ``σ'(z^l)`` at hidden layer ``l`` (counted from 1), one sample.
+# --- the rules
 
-    Args:
-      rule: the rule, or ``None`` for backprop.
-      l: the layer receiving the error.
-      W_above: ``W^{l+1}``, shape ``(n_{l+1}, n_l)``.
-      delta_above: ``δ^{l+1}``, shape ``(n_{l+1},)``.
-      delta_out: ``δ^L``, shape ``(n_L,)``.
-    """
-    kind = "backprop" if rule is None else rule.kind
-    if kind == "backprop":
-        return delta_above @ W_above  # (W^{l+1})ᵀ δ^{l+1}, written δ @ W (see network.backpropagate)
-    if kind in ("fa", "kp"):
-        return delta_above @ rule.matrices[l]  # (B^{l+1})ᵀ δ^{l+1}; matrices[l] is B^{l+1}
-    if kind == "sign":
-        return delta_above @ jnp.sign(W_above)  # sign(W^{l+1})ᵀ δ^{l+1}
-    if kind == "dfa":
-        return delta_out @ rule.matrices[l - 1].T  # B^l δ^L, written δ^L @ (B^l)ᵀ; matrices[l-1] is B^l
-    raise ValueError(f"unknown feedback rule {kind!r}; expected one of {', '.join(KINDS)}")
+
+def _draw_transports(net, key: Array, dtype=None) -> tuple:
+    """One transport-shaped pytree per layer, drawn exactly as :func:`jbp.init` draws the parameters
+    (each layer's own initializer, the key split once per layer): a dense layer's ``W``."""
+    check_key(key)
+    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+    keys = jax.random.split(key, len(net.layers))
+    return tuple(layer.transport(layer.init(k, shape, dtype)[0]) for layer, k, shape in zip(net.layers, keys, net.in_shapes))
+
+
+def _flat_size(shape: tuple) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+class Rule:
+    """What one kind of rule does; the base is backpropagation's. One instance per kind in :data:`RULES`."""
+
+    kind = "backprop"
+    learns = False
+
+    def random(self, net, key: Array, dtype=None) -> Feedback:
+        """The rule with matrices drawn from ``key`` (none for rules without matrices)."""
+        del net, key, dtype
+        return Feedback(self.kind)
+
+    def expected(self, net, params) -> "list | None":
+        """The shapes of the matrices, one pytree of shapes per entry, or None for no matrices."""
+        return None
+
+    def carry(self, feedback, l: int, layer, params, x: Array, delta_above: Array, delta_out: Array) -> Array:
+        """The vector BP2 multiplies by ``σ'(z^l)``: the error ``delta_above`` of layer ``l + 1``
+        (0-based ``l``; ``layer``, ``params`` and its input ``x`` are that layer's) carried back."""
+        return layer.carry(params, x, delta_above)  # (W^{l+1})ᵀ δ^{l+1}, written δ @ W for a dense layer
+
+    def after_update(self, feedback, layers, old, new, updates):
+        """``(params, feedback)`` after an optimizer step from ``old`` to ``new`` by ``updates``."""
+        return new, feedback
+
+    def angles(self, feedback, layers, params) -> "list | None":
+        """Per layer with a transport, the angle between the rule's feedback and the forward one."""
+        return None
+
+
+class FeedbackAlignment(Rule):
+    kind = "fa"
+
+    def random(self, net, key, dtype=None):
+        return feedback_alignment(_draw_transports(net, key, dtype))
+
+    def expected(self, net, params):
+        return [jax.tree.map(np.shape, layer.transport(p)) for layer, p in zip(net.layers, params)]
+
+    def carry(self, feedback, l, layer, params, x, delta_above, delta_out):
+        # (B^{l+1})ᵀ δ^{l+1}: the layer's own transport with B in place of W; matrices[l] is B^{l+1}
+        return layer.carry(layer.with_transport(params, feedback.matrices[l]), x, delta_above)
+
+    def angles(self, feedback, layers, params):
+        return [angle(B, layer.transport(p)) for B, layer, p in zip(feedback.matrices, layers, params)
+                if jax.tree.leaves(B)]
+
+
+class KolenPollack(FeedbackAlignment):
+    """Feedback alignment whose ``B`` receives the weights' update and decay:
+    ``W ← W + u − d W``, ``B ← B + u − d B`` (on the transport; a dense layer's ``b`` is untouched)."""
+
+    kind = "kp"
+    learns = True
+
+    def random(self, net, key, dtype=None, decay=1e-4):
+        return kolen_pollack(_draw_transports(net, key, dtype), decay)
+
+    def after_update(self, feedback, layers, old, new, updates):
+        d = feedback.decay
+        params = tuple(
+            layer.with_transport(n, jax.tree.map(lambda w, w_old: w - d * w_old, layer.transport(n), layer.transport(o)))
+            for layer, n, o in zip(layers, new, old)
+        )
+        matrices = tuple(jax.tree.map(lambda B, u: B + u - d * B, B, layer.transport(u))
+                         for B, layer, u in zip(feedback.matrices, layers, updates))
+        return params, feedback.replace(matrices)
+
+
+class SignSymmetry(Rule):
+    kind = "sign"
+
+    def carry(self, feedback, l, layer, params, x, delta_above, delta_out):
+        signs = jax.tree.map(jnp.sign, layer.transport(params))  # sign(W^{l+1})ᵀ δ^{l+1}
+        return layer.carry(layer.with_transport(params, signs), x, delta_above)
+
+    def angles(self, feedback, layers, params):
+        return [angle(jax.tree.map(jnp.sign, layer.transport(p)), layer.transport(p))
+                for layer, p in zip(layers, params) if jax.tree.leaves(layer.transport(p))]
+
+
+class DirectFeedbackAlignment(Rule):
+    kind = "dfa"
+
+    def random(self, net, key, dtype=None):
+        """One ``B^l`` per layer below the output, LeCun normal as :func:`jbp.init` draws weights
+        (fan-in ``n_L``), drawn as ``(size of layer l's output, n_L)`` and shaped as that output."""
+        check_key(key)
+        dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+        initializer = jax.nn.initializers.lecun_normal(in_axis=-1, out_axis=-2)
+        n_out = _flat_size(net.output_shape)
+        hidden = net.out_shapes[:-1]
+        keys = jax.random.split(key, max(len(hidden), 1))
+        return direct_feedback_alignment(tuple(
+            initializer(k, (_flat_size(shape), n_out), dtype).reshape(*shape, n_out) for k, shape in zip(keys, hidden)
+        ))
+
+    def expected(self, net, params):
+        return [(*shape, _flat_size(net.output_shape)) for shape in net.out_shapes[:-1]]
+
+    def carry(self, feedback, l, layer, params, x, delta_above, delta_out):
+        B = feedback.matrices[l - 1]  # B^l, for the layer receiving the error
+        n_out = delta_out.size
+        # B^l δ^L, written δ^L @ (B^l)ᵀ (reshapes are no-ops for a dense layer's (n_l, n_L))
+        return (delta_out.reshape(-1) @ B.reshape(-1, n_out).T).reshape(B.shape[:-1])
+
+
+RULES = {rule.kind: rule for rule in (Rule(), FeedbackAlignment(), DirectFeedbackAlignment(), SignSymmetry(), KolenPollack())}
+"""Every rule by its kind: what :class:`Feedback`'s ``kind`` names. Keys in :data:`KINDS`' order."""
+
+
+def carry(feedback: "Feedback | None", l: int, layer, params, x: Array, delta_above: Array, delta_out: Array) -> Array:
+    """What BP2 multiplies by ``σ'(z^l)``: the error of layer ``l + 1`` (0-based ``l``: ``layer``,
+    ``params`` and its input ``x``) carried back by the rule, ``None`` for backprop. One sample."""
+    rule = RULES["backprop"] if feedback is None else feedback.rule
+    return rule.carry(feedback, l, layer, params, x, delta_above, delta_out)
+
+
+# --- the public constructors
 
 
 def backprop() -> Feedback:
@@ -113,21 +245,25 @@ def _matrices(matrices: Any, name: str) -> tuple:
     if isinstance(matrices, (str, bytes)) or not isinstance(matrices, Sequence):
         raise TypeError(f"{name} takes a sequence of matrices, one per layer, got {type(matrices).__name__}")
     out = []
-    for l, B in enumerate(matrices, 1):
-        try:
-            dtype = np.dtype(getattr(B, "dtype", None) or np.asarray(B).dtype)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name}: matrix {l} is not an array of numbers: {type(B).__name__}") from None
-        if not np.issubdtype(dtype, np.floating):
-            raise TypeError(f"{name}: matrix {l} must be floating point, got {dtype}")
-        if np.ndim(B) != 2:
-            raise ValueError(f"{name}: matrix {l} must be a matrix, got shape {np.shape(B)}")
-        check_finite(B, f"{name}: matrix {l}")
-        out.append(jnp.asarray(B))
+    for l, entry in enumerate(matrices, 1):
+        leaves, tree = jax.tree.flatten(entry)
+        checked = []
+        for B in leaves:
+            try:
+                dtype = np.dtype(getattr(B, "dtype", None) or np.asarray(B).dtype)
+            except (TypeError, ValueError):
+                raise TypeError(f"{name}: matrix {l} is not an array of numbers: {type(B).__name__}") from None
+            if not np.issubdtype(dtype, np.floating):
+                raise TypeError(f"{name}: matrix {l} must be floating point, got {dtype}")
+            if np.ndim(B) < (2 if B is entry else 1):  # a bare entry is a matrix (or more axes), as W is
+                raise ValueError(f"{name}: matrix {l} must be a matrix, got shape {np.shape(B)}")
+            check_finite(B, f"{name}: matrix {l}")
+            checked.append(jnp.asarray(B))
+        out.append(jax.tree.unflatten(tree, checked))
     return tuple(out)
 
 
-def feedback_alignment(matrices: Sequence[Array]) -> Feedback:
+def feedback_alignment(matrices: Sequence[Any]) -> Feedback:
     """Feedback alignment: the error goes back through fixed random matrices.
 
     .. math:: \\delta^l = ((B^{l+1})^T \\delta^{l+1}) \\odot \\sigma'(z^l)
@@ -185,7 +321,7 @@ def sign_symmetry() -> Feedback:
     return Feedback("sign")
 
 
-def kolen_pollack(matrices: Sequence[Array], decay: float = 1e-4) -> Feedback:
+def kolen_pollack(matrices: Sequence[Any], decay: float = 1e-4) -> Feedback:
     """Kolen-Pollack: feedback matrices that learn, with the weights' own update.
 
     BP2 as :func:`feedback_alignment`, with ``B^l`` shaped like ``W^l``; after
@@ -219,45 +355,24 @@ def kolen_pollack(matrices: Sequence[Array], decay: float = 1e-4) -> Feedback:
     return Feedback("kp", _matrices(matrices, "kolen_pollack"), float(decay))
 
 
-def _random_like_weights(net, key: Array, dtype=None) -> tuple:
-    """One ``(n_l, n_{l-1})`` matrix per layer, drawn exactly as :func:`jbp.init` draws the weights
-    (LeCun normal, the key split once per layer), without importing the network module."""
-    check_key(key)
-    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
-    initializer = jax.nn.initializers.lecun_normal(in_axis=-1, out_axis=-2)
-    keys = jax.random.split(key, net.depth)
-    return tuple(initializer(k, (n_out, n_in), dtype) for k, n_in, n_out in zip(keys, net.sizes[:-1], net.sizes[1:]))
-
-
-def _random_direct(net, key: Array, dtype=None) -> tuple:
-    """One ``(n_l, n_L)`` matrix per hidden layer, LeCun normal as :func:`jbp.init` draws weights (fan-in ``n_L``)."""
-    check_key(key)
-    dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
-    initializer = jax.nn.initializers.lecun_normal(in_axis=-1, out_axis=-2)
-    keys = jax.random.split(key, max(net.depth - 1, 1))
-    return tuple(initializer(k, (n, net.sizes[-1]), dtype) for k, n in zip(keys, net.sizes[1:-1]))
-
-
-feedback_alignment.random = lambda net, key, dtype=None: feedback_alignment(_random_like_weights(net, key, dtype))
+feedback_alignment.random = lambda net, key, dtype=None: RULES["fa"].random(net, key, dtype)
 feedback_alignment.random.__doc__ = "Feedback alignment with ``B^l`` drawn as :func:`jbp.init` draws ``W^l``."
-direct_feedback_alignment.random = lambda net, key, dtype=None: direct_feedback_alignment(_random_direct(net, key, dtype))
+direct_feedback_alignment.random = lambda net, key, dtype=None: RULES["dfa"].random(net, key, dtype)
 direct_feedback_alignment.random.__doc__ = "Direct feedback alignment with LeCun-normal ``B^l`` of shape ``(n_l, n_L)``."
-kolen_pollack.random = lambda net, key, decay=1e-4, dtype=None: kolen_pollack(_random_like_weights(net, key, dtype), decay)
+kolen_pollack.random = lambda net, key, decay=1e-4, dtype=None: RULES["kp"].random(net, key, dtype, decay)
 kolen_pollack.random.__doc__ = "Kolen-Pollack starting from ``B^l`` drawn as :func:`jbp.init` draws ``W^l``."
 
 
 def by_name(name: str, net, key: Array, dtype=None) -> Feedback:
     """The rule a short name stands for (:data:`KINDS`), with random matrices drawn from ``key``."""
-    makers = {
-        "backprop": lambda: backprop(),
-        "fa": lambda: feedback_alignment.random(net, key, dtype),
-        "dfa": lambda: direct_feedback_alignment.random(net, key, dtype),
-        "sign": lambda: sign_symmetry(),
-        "kp": lambda: kolen_pollack.random(net, key, dtype=dtype),
-    }
-    if name not in makers:
+    if name not in RULES:
         raise ValueError(f"unknown feedback rule {name!r}; expected one of {', '.join(KINDS)}")
-    return makers[name]()
+    return RULES[name].random(net, key, dtype)
+
+
+def _params_dtype(params) -> Any:
+    leaves = jax.tree.leaves(params)
+    return jnp.result_type(leaves[0]) if leaves else jnp.result_type(float)
 
 
 def check_feedback(net, params, rule: Any) -> "Feedback | None":
@@ -270,28 +385,33 @@ def check_feedback(net, params, rule: Any) -> "Feedback | None":
                         f"got {type(rule).__name__}")
     if rule.kind == "backprop":
         return None
-    if rule.kind not in KINDS:
-        raise ValueError(f"unknown feedback rule {rule.kind!r}; expected one of {', '.join(KINDS)}")
-    dtype = jnp.result_type(params[0].W)
-    if rule.kind in ("fa", "kp"):
-        expected = [tuple(np.shape(layer.W)) for layer in params]
-        what = "one per layer, shaped like W^l"
-    elif rule.kind == "dfa":
-        expected = [(n, net.sizes[-1]) for n in net.sizes[1:-1]]
-        what = f"one per hidden layer, of shape (n_l, {net.sizes[-1]})"
-    else:
+    expected = rule.rule.expected(net, params)
+    if expected is None:
         return rule
+    what = {"dfa": f"one per layer below the output, of shape (*out_shape, {_flat_size(net.output_shape)})"}.get(
+        rule.kind, "one per layer, shaped like W^l")
     if len(rule.matrices) != len(expected):
-        raise ValueError(f"{rule.kind} needs {len(expected)} matrices ({what}) for the network {list(net.sizes)}, "
+        raise ValueError(f"{rule.kind} needs {len(expected)} matrices ({what}) for the network {net.name}, "
                          f"got {len(rule.matrices)}")
+    dtype = _params_dtype(params)
     for l, (B, shape) in enumerate(zip(rule.matrices, expected), 1):
-        if not isinstance(B, jax.core.Tracer):
-            if tuple(np.shape(B)) != shape:
-                raise ValueError(f"{rule.kind}: matrix {l} (B^{l}) has shape {tuple(np.shape(B))}, expected {shape} "
-                                 f"for the network {list(net.sizes)}")
-            if jnp.result_type(B) != dtype:
-                raise TypeError(f"{rule.kind}: matrix {l} (B^{l}) is {jnp.result_type(B)}, the parameters are {dtype}")
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(B)):
+            continue
+        found = jax.tree.map(np.shape, B)
+        if found != shape:
+            raise ValueError(f"{rule.kind}: matrix {l} (B^{l}) has shape {found}, expected {shape} "
+                             f"for the network {net.name}")
+        for leaf in jax.tree.leaves(B):
+            if jnp.result_type(leaf) != dtype:
+                raise TypeError(f"{rule.kind}: matrix {l} (B^{l}) is {jnp.result_type(leaf)}, the parameters are {dtype}")
     return rule
+
+
+def after_update(feedback: "Feedback | None", layers, old, new, updates):
+    """``(params, feedback)`` after an optimizer step (a learning rule's own change, :class:`KolenPollack`)."""
+    if feedback is None:
+        return new, feedback
+    return feedback.rule.after_update(feedback, layers, old, new, updates)
 
 
 def angle(u: Any, v: Any) -> Array:

@@ -28,7 +28,7 @@ from jax.flatten_util import ravel_pytree
 
 from jbp.batch import check_batch, cost, loss_and_grads
 from jbp.losses import Loss, get_loss
-from jbp.network import MLP, Dense
+from jbp.network import Dense, Network
 
 Array = jax.Array
 
@@ -135,7 +135,7 @@ class GradCheck(NamedTuple):
       relative_difference: ``‖numerical - analytic‖ / ‖numerical + analytic‖``.
       analytic: the gradient by backpropagation (:func:`jbp.loss_and_grads`).
       numerical: the gradient by central differences.
-      layers: one :class:`LayerCheck` per layer's ``W`` and ``b``, in order.
+      layers: one :class:`LayerCheck` per parameter array (a dense layer's ``W`` and ``b``), in order.
     """
 
     relative_difference: float
@@ -154,12 +154,14 @@ class GradCheck(NamedTuple):
         return tuple(layer.name for layer in self.layers if layer.verdict == "wrong")
 
 
-def layer_checks(numerical: Sequence[Dense], analytic: Sequence[Dense]) -> tuple[LayerCheck, ...]:
-    """The relative difference of each layer's ``W`` and ``b``, with its verdict."""
+def layer_checks(numerical: Sequence[Any], analytic: Sequence[Any]) -> tuple[LayerCheck, ...]:
+    """The relative difference of each layer's parameter arrays (a dense layer's ``W`` and ``b``),
+    with its verdict; an array is named by its path in the layer's parameters."""
     checks = []
     for l, (n, a) in enumerate(zip(numerical, analytic), 1):
-        for field in ("W", "b"):
-            num, ana = np.ravel(getattr(n, field)), np.ravel(getattr(a, field))
+        for (path, num), ana in zip(jax.tree_util.tree_flatten_with_path(n)[0], jax.tree.leaves(a)):
+            field = jax.tree_util.keystr(path).lstrip(".")
+            num, ana = np.ravel(num), np.ravel(ana)
             gap, size = float(np.linalg.norm(num - ana)), float(np.linalg.norm(num + ana))
             relative = 0.0 if gap == 0 else (gap / size if size > 0 else math.inf)
             largest = float(np.max(np.abs(num - ana))) if num.size else 0.0
@@ -168,8 +170,8 @@ def layer_checks(numerical: Sequence[Dense], analytic: Sequence[Dense]) -> tuple
 
 
 def check_grads(
-    net: MLP,
-    params: Sequence[Dense],
+    net: Network,
+    params: Sequence[Any],
     X: Array,
     Y: Array,
     loss: "Loss | str",

@@ -72,8 +72,9 @@ def schedule(name: str, learning_rate: float, *, epochs: int, steps_per_epoch: i
 
 
 def _weights_only(params: Any) -> Any:
-    """A mask for the weights (the matrices) of a tuple of ``Dense``: biases are not decayed."""
-    return jax.tree.map(lambda leaf: len(leaf.shape) == 2, params)
+    """A mask for the weights: every parameter array of two axes or more (a dense layer's ``W``,
+    as :meth:`jbp.Layer.decayed` marks it); biases and other vectors are not decayed."""
+    return jax.tree.map(lambda leaf: len(leaf.shape) >= 2, params)
 
 
 def make(

@@ -59,11 +59,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jbp.batch import batch_passes, check_batch
+from jbp import parallel
+from jbp.batch import batch_passes, check_batch, sq_norms, with_l2
 from jbp.checks import check_key, finite_result, is_traced
 from jbp.losses import Loss, get_loss
-from jbp.network import MLP, Dense
-from jbp.parallel import contract
+from jbp.network import Dense, Network, params_dtype
+from jbp.parallel import shard_rows
+from jbp.update import apply
 
 Array = jax.Array
 
@@ -85,7 +87,7 @@ def clip_factors(norms: Array, max_norm: "float | Array") -> Array:
     return jnp.minimum(1.0, max_norm / jnp.maximum(norms, tiny))
 
 
-def clipped_sum(net: MLP, params, X: Array, Y: Array, loss: Loss, max_norm, weights: Array):
+def clipped_sum(net: Network, params, X: Array, Y: Array, loss: Loss, max_norm, weights: Array):
     """``Σ_i w_i C(x_i, y_i)``, ``Σ_i w_i c_i g_i`` (one tuple of Dense) and the norms ``‖g_i‖``.
 
     ``weights`` (0 or 1) mark the rows that count, so that a padded batch of
@@ -94,9 +96,10 @@ def clipped_sum(net: MLP, params, X: Array, Y: Array, loss: Loss, max_norm, weig
     """
     traces, errors, costs = batch_passes(net, params, X, Y, loss)
     inputs = traces.activations[:-1]
-    norms = jnp.sqrt(sum(jnp.sum(d**2, axis=1) * (jnp.sum(a**2, axis=1) + 1) for d, a in zip(errors, inputs)))
+    norms = jnp.sqrt(sq_norms(net, params, inputs, errors))  # ‖δ‖²(‖a‖² + 1) summed, for dense layers
     factors = weights * clip_factors(norms, max_norm)
-    sums = tuple(Dense(W=contract(factors[:, None] * d, a), b=jnp.sum(factors[:, None] * d, axis=0)) for d, a in zip(errors, inputs))
+    sums = tuple(layer.weighted_grads(p, a, d, factors)  # (c ⊙ D)ᵀ Ā for a dense layer
+                 for layer, p, a, d in zip(net.layers, params, inputs, errors))
     return jnp.sum(weights * costs), sums, norms
 
 
@@ -108,7 +111,7 @@ def _clipped_grads(net, params, X, Y, loss, max_norm):
 
 
 def clipped_grads(
-    net: MLP, params, X: Array, Y: Array, loss: "Loss | str", max_norm: float
+    net: Network, params, X: Array, Y: Array, loss: "Loss | str", max_norm: float
 ) -> tuple[Array, tuple[Dense, ...]]:
     """The batch's mean gradient with every sample's gradient clipped to ``max_norm``, in one pass.
 
@@ -138,7 +141,7 @@ def clipped_grads(
     loss = get_loss(loss)
     max_norm = _check_positive("max_norm", max_norm)
     X, Y = check_batch(net, params, X, Y, loss)
-    result = _clipped_grads(net, params, X, Y, loss, jnp.asarray(max_norm, params[0].W.dtype))
+    result = _clipped_grads(net, params, X, Y, loss, jnp.asarray(max_norm, params_dtype(params)))
     return finite_result(result, "clipped_grads", params, X, Y)
 
 
@@ -440,3 +443,68 @@ def noise_for_epsilon(target: float, sampling_rate: float, steps: int, delta: fl
         dp_accounting.rdp.RdpAccountant, lambda sigma: _event(dp_accounting, sigma, sampling_rate, steps),
             target, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, 1e3),
         ))
+
+
+# --- DP-SGD in fit: the private optimizer and the Poisson epoch
+
+
+def private_optimizer(privacy: DPSGD, optimizer: optax.GradientTransformation, batch_size: int):
+    """DP-SGD's noise, ``N(0, (σ C / B)²)`` on the clipped sum divided by the expected batch
+    size ``B``, then the optimizer: the transformation :func:`fit` applies with ``privacy``.
+    The noise's key is the first of :func:`jbp.privacy.dp_keys`."""
+    stddev = privacy.noise_multiplier * privacy.max_norm / batch_size
+    return optax.chain(dp_noise(stddev, dp_keys(privacy)[0]), optimizer)
+
+def poisson_capacities(n: int, batch_size: int, multiple: int = 1) -> tuple[int, ...]:
+    """The padded sizes a Poisson-sampled batch is processed at: the expected size times 1 1/16,
+    1 1/8, 1 1/4, 1 1/2 and 2, then ``n`` (so that any draw fits, however unlikely); each
+    rounded up to a ``multiple`` of the devices that share it."""
+    sizes = {min(n, multiple * math.ceil(batch_size * f / multiple)) for f in (1.0625, 1.125, 1.25, 1.5, 2.0)} | {n}
+    return tuple(sorted(sizes))
+
+@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "l2", "guard", "mesh"))
+def poisson_epoch(net, params, opt_state, X, Y, key, max_norm, *, loss, optimizer, batch_size, l2, guard=False,
+                   mesh=None):
+    """One epoch of DP-SGD: ``round(n / B)`` steps, each on a Poisson sample (every row in with
+    probability ``q = B / n``), clipped to ``max_norm``, summed, divided by ``B``; the noise is
+    the first transformation of ``optimizer``.
+
+    Shapes under ``jit``: the sampled rows (a mask over all ``n``, its count
+    and ``jnp.nonzero``) are gathered into the smallest of a few padded sizes
+    that holds them (:func:`poisson_capacities`), chosen by ``lax.switch``;
+    padding rows have weight 0 in the clipped sum. Only the chosen size's
+    branch runs, so the padding costs at most a sixteenth of the expected
+    batch in the common case, and no draw is ever cut short.
+    """
+    n = X.shape[0]
+    q = batch_size / n
+    capacities = poisson_capacities(n, batch_size, 1 if mesh is None else parallel.batch_devices(mesh))
+    steps = max(1, round(n / batch_size))
+
+    def step(carry, k):
+        params = carry[0]
+        mask = jax.random.bernoulli(k, q, (n,))
+        count = jnp.sum(mask)
+
+        def at(capacity):
+            def run(_):
+                rows = jnp.nonzero(mask, size=capacity, fill_value=0)[0]
+                weights = (jnp.arange(capacity) < count).astype(X.dtype)
+                batch = (X[rows], Y[rows], weights)
+                if mesh is not None:
+                    batch = tuple(shard_rows(part, mesh) for part in batch)
+                return clipped_sum(net, params, *batch[:2], loss, max_norm, batch[2])[:2]
+
+            return run
+
+        branch = jnp.searchsorted(jnp.asarray(capacities), count)
+        cost, sums = jax.lax.switch(branch, [at(c) for c in capacities], None)
+        grads = with_l2(net, params, sums, batch_size, l2 / n)  # Σ c_i g_i / B + (λ/n) W
+        J = cost / jnp.maximum(count, 1)
+        # the guard judges the released parameters and state only, never the samples' costs
+        carry, ok = apply(net, optimizer, carry, grads, jnp.zeros_like(J), guard)
+        return carry, (J, ok, count)
+
+    carry = (params, opt_state, None, jnp.array(True))
+    carry, (costs, ok, counts) = jax.lax.scan(step, carry, jax.random.split(key, steps))
+    return carry[0], carry[1], None, costs, ok, counts

@@ -59,11 +59,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp.batch import batch_passes, check_batch
+from jbp.batch import batch_passes, check_batch, sq_norms
 from jbp.checks import available_memory, check_key, finite_result
+from jbp.contract import rows_like
 from jbp.losses import Loss, get_loss
-from jbp.network import MLP, Dense, backpropagate
-from jbp.parallel import contract, gram, rows_like
+from jbp.network import Dense, Network, backpropagate
 
 Array = jax.Array
 
@@ -87,12 +87,7 @@ class KronFactors(NamedTuple):
     G: Array
 
 
-def _with_ones(a: Array) -> Array:
-    """``ā = [a; 1]`` for a batch ``(m, n)`` → ``(m, n + 1)``."""
-    return jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
-
-
-def output_columns(net: MLP, loss: Loss, z: Array, a: Array, y: Array) -> Array:
+def output_columns(net: Network, loss: Loss, z: Array, a: Array, y: Array) -> Array:
     """``S`` with ``S Sᵀ = J_σᵀ ∇²_a C J_σ``, the output Hessian in ``z^L``, one sample.
 
     For the canonical pair, the loss's ``fused_hessian_factor``; for any other
@@ -103,65 +98,115 @@ def output_columns(net: MLP, loss: Loss, z: Array, a: Array, y: Array) -> Array:
     if output == loss.canonical:
         return loss.fused_hessian_factor(z, a, y)
     in_a = loss.hessian_factor(a, y)
-    return jax.vmap(partial(output.backward, z, a), in_axes=1, out_axes=1)(in_a)
+    return jax.vmap(partial(output.backward, z, a), in_axes=-1, out_axes=-1)(in_a)
 
 
-def _carry_back(net: MLP, params, traces, columns: Array) -> tuple[Array, ...]:
+def _carry_back(net: Network, params, traces, columns: Array) -> tuple[Array, ...]:
     """BP2 for every sample and every column: ``(m, n_L, c)`` → per layer ``(m, n_l, c)``."""
-    per_column = jax.vmap(partial(backpropagate, net, params), in_axes=(None, 1), out_axes=1)
+    per_column = jax.vmap(partial(backpropagate, net, params), in_axes=(None, -1), out_axes=-1)
     return jax.vmap(per_column)(traces, columns)
+
+
+class _Pass:
+    """One forward and one backward pass over a batch, and what each quantity reads from it: the
+    layers' inputs ``A^{l-1}`` and errors ``D^l``, and (computed once, when first asked for) the
+    output Hessian's columns carried back, exactly or sampled."""
+
+    def __init__(self, net, params, X, Y, loss, key, samples):
+        self.net, self.params, self.Y, self.loss, self.key, self.samples = net, params, Y, loss, key, samples
+        self.traces, self.errors, costs = batch_passes(net, params, X, Y, loss)
+        self.inputs, self.m, self.loss_value = self.traces.activations[:-1], X.shape[0], jnp.mean(costs)
+        self.values, self._carried = {}, {}
+
+    def layers(self):
+        """``(layer, params, A, D)`` for every layer."""
+        return zip(self.net.layers, self.params, self.inputs, self.errors)
+
+    def carried(self, kind: str) -> tuple[tuple[Array, ...], int]:
+        """The columns carried back through every layer, ``(m, *out_l, c)``, and ``c`` (per sample's draw count)."""
+        if kind not in self._carried:
+            zs, outs = self.traces.zs[-1], self.traces.activations[-1]
+            if kind == "exact":
+                columns = jax.vmap(partial(output_columns, self.net, self.loss))(zs, outs, self.Y)
+                count = 1
+            else:
+                keys = rows_like(jax.random.split(self.key, (self.m, self.samples)), zs)
+                draw = jax.vmap(jax.vmap(self.loss.fused_sample, in_axes=(0, None, None), out_axes=-1))
+                columns, count = draw(keys, zs, outs), self.samples  # (m, n_L, samples)
+            self._carried[kind] = (_carry_back(self.net, self.params, self.traces, columns), count)
+        return self._carried[kind]
+
+    def get(self, name: str) -> Any:
+        if name not in self.values:
+            self.values[name] = QUANTITY_FUNCTIONS[name](self)
+        return self.values[name]
+
+
+# --- one small function per quantity; each reduces the pass layer by layer with the layer's own contraction
+
+
+def _grads(p: _Pass):
+    return tuple(jax.tree.map(lambda g: g / p.m, layer.batch_grads(q, a, d)) for layer, q, a, d in p.layers())
+
+
+def _sum_grad_squared(p: _Pass):
+    return tuple(layer.sum_grad_squared(q, a, d) for layer, q, a, d in p.layers())
+
+
+def _grad_variance(p: _Pass):
+    # E[g²] - E[g]² may round below zero where the spread is nil: a variance is ≥ 0
+    return jax.tree.map(lambda s, g: jnp.maximum(s / p.m - g**2, 0), p.get("sum_grad_squared"), p.get("grads"))
+
+
+def _gram(p: _Pass):
+    return sum(layer.gram(q, a, d) for layer, q, a, d in p.layers() if jax.tree.leaves(q))
+
+
+def _norms(p: _Pass):
+    return jnp.sqrt(sq_norms(p.net, p.params, p.inputs, p.errors))
+
+
+def _diag_ggn(kind: str):
+    def diagonal(p: _Pass):
+        deltas, count = p.carried(kind)
+        return tuple(jax.tree.map(lambda x: x / (p.m * count), layer.diag_ggn(q, a, dc))
+                     for (layer, q, a, _), dc in zip(p.layers(), deltas))
+
+    return diagonal
+
+
+def _kron(kind: str):
+    def factors(p: _Pass):
+        deltas, count = p.carried(kind)
+        out = []
+        for (layer, q, a, _), dc in zip(p.layers(), deltas):
+            A, G = layer.kron_factors(q, a, dc)
+            out.append(KronFactors(A=A / p.m, G=G / (p.m * count)))
+        return tuple(out)
+
+    return factors
+
+
+QUANTITY_FUNCTIONS = {
+    "grads": _grads,
+    "sum_grad_squared": _sum_grad_squared,
+    "grad_variance": _grad_variance,
+    "per_example_grad_gram": _gram,
+    "per_example_grad_norms": _norms,
+    "diag_ggn": _diag_ggn("exact"),
+    "diag_ggn_mc": _diag_ggn("sampled"),
+    "kflr": _kron("exact"),
+    "kfac": _kron("sampled"),
+}
+"""Each quantity by name: a function of the pass. Adding a quantity is one function and one entry
+here (and its name in :data:`FIRST_ORDER` or :data:`SECOND_ORDER`)."""
 
 
 @partial(jax.jit, static_argnames=("net", "loss", "names", "samples"))
 def _quantities(net, params, X, Y, loss, key, names, samples):
-    m = X.shape[0]
-    traces, errors, costs = batch_passes(net, params, X, Y, loss)
-    inputs = traces.activations[:-1]
-    out: dict[str, Any] = {"loss": jnp.mean(costs)}
-
-    def per_layer(w, b):
-        return tuple(Dense(W=w(delta, a), b=b(delta)) for delta, a in zip(errors, inputs))
-
-    if {"grads", "grad_variance"} & set(names):
-        out["grads"] = per_layer(lambda d, a: contract(d, a) / m, lambda d: jnp.sum(d, axis=0) / m)
-    if {"sum_grad_squared", "grad_variance"} & set(names):
-        out["sum_grad_squared"] = per_layer(lambda d, a: contract(d**2, a**2), lambda d: jnp.sum(d**2, axis=0))
-    if "grad_variance" in names:
-        # E[g²] - E[g]² may round below zero where the spread is nil: a variance is ≥ 0
-        out["grad_variance"] = jax.tree.map(lambda s, g: jnp.maximum(s / m - g**2, 0), out["sum_grad_squared"], out["grads"])
-    if "per_example_grad_gram" in names:
-        out["per_example_grad_gram"] = sum(gram(d, d) * (gram(a, a) + 1) for d, a in zip(errors, inputs))
-    if "per_example_grad_norms" in names:
-        out["per_example_grad_norms"] = jnp.sqrt(
-            sum(jnp.sum(d**2, axis=1) * (jnp.sum(a**2, axis=1) + 1) for d, a in zip(errors, inputs))
-        )
-
-    exact = {"diag_ggn", "kflr"} & set(names)
-    sampled = {"diag_ggn_mc", "kfac"} & set(names)
-    carried = {}
-    if exact:
-        columns = jax.vmap(partial(output_columns, net, loss))(traces.zs[-1], traces.activations[-1], Y)
-        carried["exact"] = (_carry_back(net, params, traces, columns), 1)  # columns: (m, n_L, c)
-    if sampled:
-        keys = rows_like(jax.random.split(key, (m, samples)), traces.zs[-1])
-        draw = jax.vmap(jax.vmap(loss.fused_sample, in_axes=(0, None, None), out_axes=1))
-        columns = draw(keys, traces.zs[-1], traces.activations[-1])  # (m, n_L, samples)
-        carried["sampled"] = (_carry_back(net, params, traces, columns), samples)
-    for name, kind in (("diag_ggn", "exact"), ("diag_ggn_mc", "sampled")):
-        if name in names:
-            deltas, count = carried[kind]
-            squares = tuple(jnp.sum(d**2, axis=2) for d in deltas)  # Σ_c Δ², (m, n_l)
-            out[name] = tuple(
-                Dense(W=contract(s, a**2) / (m * count), b=jnp.sum(s, axis=0) / (m * count)) for s, a in zip(squares, inputs)
-            )
-    for name, kind in (("kflr", "exact"), ("kfac", "sampled")):
-        if name in names:
-            deltas, count = carried[kind]
-            flat = tuple(jnp.swapaxes(d, 1, 2).reshape(-1, d.shape[1]) for d in deltas)  # (m · c, n_l)
-            out[name] = tuple(
-                KronFactors(A=contract(_with_ones(a), _with_ones(a)) / m, G=contract(d, d) / (m * count))
-                for d, a in zip(flat, inputs)
-            )
+    pass_ = _Pass(net, params, X, Y, loss, key, samples)
+    out = {name: pass_.get(name) for name in names if name != "loss"}
+    out["loss"] = pass_.loss_value
     return {name: out[name] for name in names}
 
 
@@ -183,7 +228,7 @@ def _check_samples(samples: Any, m: int) -> int:
     return samples
 
 
-def memory_needed(net: MLP, m: int, itemsize: int, names: Sequence[str], samples: int = 1) -> dict[str, int]:
+def memory_needed(net: Network, m: int, itemsize: int, names: Sequence[str], samples: int = 1) -> dict[str, int]:
     """Bytes :func:`one_pass` will hold at its peak, per part, from the shapes alone.
 
     The passes: ``3 m Σ n_l`` numbers (pre-activations, activations, deltas). The Gram matrix: four
@@ -192,7 +237,7 @@ def memory_needed(net: MLP, m: int, itemsize: int, names: Sequence[str], samples
     layer, ``3 m c Σ_{l≥1} n_l`` (the carry, BP2's temporaries, the Kronecker factors' reshaped
     copy), plus ``8 m c`` bytes of keys for the draws.
     """
-    widths = tuple(net.sizes)
+    widths = tuple(int(np.prod(shape)) for shape in (net.input_shape, *net.out_shapes))
     later = sum(widths[1:])
     parts = {"the forward and backward passes": 3 * m * sum(widths) * itemsize}
     if "per_example_grad_gram" in names:
@@ -204,7 +249,7 @@ def memory_needed(net: MLP, m: int, itemsize: int, names: Sequence[str], samples
     return parts
 
 
-def _check_memory(net: MLP, X: Array, names: Sequence[str], samples: int) -> None:
+def _check_memory(net: Network, X: Array, names: Sequence[str], samples: int) -> None:
     m, itemsize = X.shape[0], np.dtype(X.dtype).itemsize
     parts = memory_needed(net, m, itemsize, names, samples)
     needed, available = sum(parts.values()), available_memory()
@@ -218,7 +263,7 @@ def _check_memory(net: MLP, X: Array, names: Sequence[str], samples: int) -> Non
         )
 
 
-def _check_curvature(net: MLP, loss: Loss, names: Sequence[str]) -> None:
+def _check_curvature(net: Network, loss: Loss, names: Sequence[str]) -> None:
     output = net.activations[-1]
     canonical = output == loss.canonical
     if {"diag_ggn_mc", "kfac"} & set(names):
@@ -241,8 +286,8 @@ def _check_curvature(net: MLP, loss: Loss, names: Sequence[str]) -> None:
 
 
 def one_pass(
-    net: MLP,
-    params: Sequence[Dense],
+    net: Network,
+    params: Sequence[Any],
     X: Array,
     Y: Array,
     loss: "Loss | str",
@@ -308,7 +353,7 @@ def one_pass(
     return finite_result(result, "one_pass", params, X, Y)
 
 
-def sum_grad_squared(net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss | str") -> tuple[Dense, ...]:
+def sum_grad_squared(net: Network, params: Sequence[Any], X: Array, Y: Array, loss: "Loss | str") -> tuple[Dense, ...]:
     """The sum over the batch of every sample's squared gradient, entry by entry.
 
     .. math:: \\sum_i g_i \\odot g_i: \\quad
@@ -333,7 +378,7 @@ def sum_grad_squared(net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss
     return one_pass(net, params, X, Y, loss, ["sum_grad_squared"])["sum_grad_squared"]
 
 
-def grad_variance(net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss | str") -> tuple[Dense, ...]:
+def grad_variance(net: Network, params: Sequence[Any], X: Array, Y: Array, loss: "Loss | str") -> tuple[Dense, ...]:
     """The variance of the per-sample gradients over the batch, entry by entry.
 
     .. math:: \\frac{1}{m} \\sum_i g_i^2 - \\Big(\\frac{1}{m} \\sum_i g_i\\Big)^2
@@ -357,7 +402,7 @@ def grad_variance(net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "
     return one_pass(net, params, X, Y, loss, ["grad_variance"])["grad_variance"]
 
 
-def per_example_grad_gram(net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss | str") -> Array:
+def per_example_grad_gram(net: Network, params: Sequence[Any], X: Array, Y: Array, loss: "Loss | str") -> Array:
     """The Gram matrix of the per-sample gradients, ``G_ij = ⟨g_i, g_j⟩``.
 
     .. math:: G = \\sum_l (D^l D^{lT}) \\odot (\\bar A^{l-1} \\bar A^{l-1\\,T})
@@ -380,7 +425,7 @@ def per_example_grad_gram(net: MLP, params: Sequence[Dense], X: Array, Y: Array,
     return one_pass(net, params, X, Y, loss, ["per_example_grad_gram"])["per_example_grad_gram"]
 
 
-def diag_ggn(net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss | str") -> tuple[Dense, ...]:
+def diag_ggn(net: Network, params: Sequence[Any], X: Array, Y: Array, loss: "Loss | str") -> tuple[Dense, ...]:
     """The diagonal of the generalized Gauss-Newton matrix, exactly.
 
     .. math:: \\operatorname{diag}\\Big(\\frac{1}{m} \\sum_i J_i^T H_i J_i\\Big)
@@ -411,7 +456,7 @@ def diag_ggn(net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss 
 
 
 def diag_ggn_mc(
-    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss | str", key: Array, samples: int = 1
+    net: Network, params: Sequence[Any], X: Array, Y: Array, loss: "Loss | str", key: Array, samples: int = 1
 ) -> tuple[Dense, ...]:
     """A Monte-Carlo estimate of :func:`diag_ggn`, unbiased.
 
@@ -439,8 +484,8 @@ def diag_ggn_mc(
 
 
 def kfac_factors(
-    net: MLP,
-    params: Sequence[Dense],
+    net: Network,
+    params: Sequence[Any],
     X: Array,
     Y: Array,
     loss: "Loss | str",

@@ -11,10 +11,20 @@ is killed; a second process that asks for the same folder is refused, naming
 the process that holds it.
 
 Inside the folder the run writes only the files in :data:`FILES` (each
-atomically, through :func:`jbp.files.atomic_write`) and the lock, and the
-only files it ever deletes are the temporary files that its own interrupted
-writes left, recognised by their exact form (``.NAME.jbp-XXXXXXXX.tmp`` for
-a name in :data:`FILES`).
+atomically, through :func:`jbp.files.atomic_write`, but for the line
+``metrics.jsonl`` gains after every epoch) and the lock, and the only files it
+ever deletes are the temporary files that its own interrupted writes left,
+recognised by their exact form (``.NAME.jbp-XXXXXXXX.tmp`` for a name in
+:data:`FILES`).
+
+This module owns the format of a run's folder, both ways: the
+``write_*`` methods of :class:`RunFolder` write each file
+(:meth:`~RunFolder.write_config`, :meth:`~RunFolder.write_preprocessing`,
+:meth:`~RunFolder.write_metrics` and :meth:`~RunFolder.append_metrics`,
+:meth:`~RunFolder.write_checkpoint`, :meth:`~RunFolder.write_params`,
+:meth:`~RunFolder.write_summary`), and :func:`read_config`,
+:func:`load_checkpoint` and :func:`load_run` read them back. ``plot.png`` is
+a picture for people, drawn and written by ``jbp train``; jbp never reads it.
 """
 
 import datetime
@@ -25,7 +35,7 @@ import json
 import math
 import os
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -33,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp.feedback import KINDS, by_name
-from jbp.files import FileFormatError, check_replaceable, parse_json, read_into, regular_file, temporary_files
+from jbp.files import (FileFormatError, atomic_write, check_replaceable, parse_json, read_into, regular_file,
+                       temporary_files)
 
 FILES = ("config.json", "metrics.jsonl", "checkpoint.ckpt", "params.npz", "summary.json", "plot.png", "preprocessing.json")
 """The files a run writes in its folder."""
@@ -50,6 +61,23 @@ class RunFolder:
 
     Use :meth:`new` or :meth:`existing` (as a context manager); the lock lasts
     until :meth:`release`, the end of the ``with`` block or of the process.
+    The ``write_*`` methods and :meth:`append_metrics` write the run's files,
+    each returning the path it wrote.
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> from jbp.run import RunFolder
+      >>> with tempfile.TemporaryDirectory() as parent, RunFolder.new(pathlib.Path(parent) / "run", "xor") as folder:
+      ...     path = folder.write_metrics([{"epoch": 1, "loss": 0.5}])
+      ...     path = folder.append_metrics({"epoch": 2, "loss": 0.25})
+      ...     print(path.read_text(), end="")
+      ...     print(folder.write_summary({"epochs": 2, "test_loss": 0.25}).read_text(), end="")
+      {"epoch": 1, "loss": 0.5}
+      {"epoch": 2, "loss": 0.25}
+      {
+        "epochs": 2,
+        "test_loss": 0.25
+      }
     """
 
     def __init__(self, path: pathlib.Path, lock_fd: int, created: bool = False):
@@ -178,6 +206,62 @@ class RunFolder:
                 pass
         return True
 
+    # --- the run's files, written (each returns the path it wrote)
+
+    def write_config(self, config: dict) -> pathlib.Path:
+        """Writes ``config.json``: the configuration (:func:`check_config`'s) as JSON, indented by
+        two spaces, its keys in their order, no NaN or infinity."""
+        return _write_json(self.path / "config.json", config)
+
+    def write_preprocessing(self, preprocessing: Any) -> pathlib.Path:
+        """Writes ``preprocessing.json``: a :class:`~jbp.data.preprocessing.Preprocessing` as its
+        own ``save`` writes it (its ``to_json``, indented by one space); :func:`read_preprocessing`
+        reads it back."""
+        path = self.path / "preprocessing.json"
+        preprocessing.save(path)
+        return path
+
+    def write_metrics(self, history: "Iterable[dict]") -> pathlib.Path:
+        """Writes ``metrics.jsonl`` anew: one line of JSON per record of ``history`` (the epochs
+        the checkpoint records), no NaN or infinity."""
+        path = self.path / "metrics.jsonl"
+        atomic_write(path, lambda f: f.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in history).encode()))
+        return path
+
+    def append_metrics(self, record: dict) -> pathlib.Path:
+        """Adds one epoch's record to ``metrics.jsonl``, a line of JSON (appended in place, not
+        atomically: the checkpoint is the record of what was done, and :meth:`write_metrics`
+        rewrites this file from it when the run goes on)."""
+        path = self.path / "metrics.jsonl"
+        with open(path, "a") as f:
+            f.write(json.dumps(record, allow_nan=False) + "\n")
+        return path
+
+    def write_checkpoint(self, *, params: Any, opt_state: Any, epoch: int, key: Any, config: dict,
+                         history: list, extras: "dict | None" = None) -> pathlib.Path:
+        """Writes ``checkpoint.ckpt`` (:func:`jbp.checkpoint.save`, which names every argument):
+        what :func:`load_checkpoint` reads. What a private run keeps out of it (its keys, its
+        noise state) is the caller's to leave out."""
+        from jbp import checkpoint as ckpt
+
+        path = self.path / "checkpoint.ckpt"
+        ckpt.save(path, params=params, opt_state=opt_state, epoch=epoch, key=key, config=config, history=history,
+                  extras=extras)
+        return path
+
+    def write_params(self, params: Any) -> pathlib.Path:
+        """Writes ``params.npz``, the run's answer: ``W1, b1, …`` (:func:`jbp.checkpoint.save_params`)."""
+        from jbp import checkpoint as ckpt
+
+        path = self.path / "params.npz"
+        ckpt.save_params(path, params)
+        return path
+
+    def write_summary(self, summary: dict) -> pathlib.Path:
+        """Writes ``summary.json``: the final metrics (or a stopped private run's ε) as JSON,
+        indented by two spaces, its keys in their order, no NaN or infinity."""
+        return _write_json(self.path / "summary.json", summary)
+
     def release(self) -> None:
         """Lets another process take the folder (the lock file itself stays)."""
         if self._lock_fd is not None:
@@ -248,24 +332,61 @@ def check_config(config: Any, where: str) -> dict:
 
     Raises:
       FileFormatError: naming ``where`` and the first key that is wrong.
-    """
-    from jbp.activations import ACTIVATIONS
-    from jbp.losses import LOSSES
-    from jbp.optimizers import SCHEDULES, names
 
+    Example:
+      >>> from jbp.run import check_config
+      >>> config = check_config({"sizes": [2, 4, 1], "hidden": ["tanh"], "output": "sigmoid",
+      ...                        "loss": "binary_cross_entropy", "optimizer": "sgd", "lr": 0.1, "l2": 0.0,
+      ...                        "epochs": 300, "batch_size": 4, "seed": 0, "data": "xor", "drop_last": False}, "mine")
+      >>> config["rule"], config["dtype"], config["dp_reproducible"]
+      ('backprop', 'float32', False)
+      >>> try:
+      ...     check_config({**config, "lr": 0}, "mine")
+      ... except ValueError as err:
+      ...     print(err)
+      mine: lr must be a finite number > 0, got 0
+    """
     if not isinstance(config, dict):
         raise FileFormatError(f"{where} must be a JSON object, got {type(config).__name__}")
     config = {**CONFIG_DEFAULTS, **config}
+    _check_keys(config, where)
+    for key, (ok, expected) in _config_checks().items():
+        if not ok(config[key]):
+            raise FileFormatError(f"{where}: {key} must be {expected}, got {config[key]!r:.80}")
+    _check_together(config, where)
+    return config
+
+
+def _check_keys(config: dict, where: str) -> None:
+    """Refuses a configuration without exactly the keys of :data:`CONFIG_KEYS`, naming those missing and unknown."""
     if set(config) != set(CONFIG_KEYS):
         missing, extra = sorted(set(CONFIG_KEYS) - set(config)), sorted(set(config) - set(CONFIG_KEYS))
         raise FileFormatError(
             f"{where} has the wrong keys" + (f"; missing: {', '.join(missing)}" if missing else "")
             + (f"; unknown: {', '.join(extra)}" if extra else "")
         )
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-    optional = lambda ok: (lambda v: v is None or ok(v))  # noqa: E731
-    checks = {
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _optional(ok: "Callable[[Any], bool]") -> "Callable[[Any], bool]":
+    return lambda value: value is None or ok(value)
+
+
+def _config_checks() -> "dict[str, tuple[Callable[[Any], bool], str]]":
+    """Every key of a configuration: the test its value must pass, and what the test wants, in words."""
+    from jbp.activations import ACTIVATIONS
+    from jbp.losses import LOSSES
+    from jbp.optimizers import SCHEDULES, names
+
+    whole, number, optional = _whole, _number, _optional
+    return {
         "sizes": (lambda v: isinstance(v, list) and len(v) >= 2 and all(whole(s) and s >= 1 for s in v), "at least two positive widths"),
         "hidden": (lambda v: isinstance(v, list) and len(v) >= 1 and all(h in ACTIVATIONS for h in v), "a list of activation names"),
         "output": (lambda v: v in ACTIVATIONS, "an activation name"),
@@ -303,9 +424,12 @@ def check_config(config: Any, where: str) -> dict:
                              "{\"train\", \"validation\", \"test\": whole numbers}}"),
         "preprocessing_sha256": (optional(_is_sha256), "64 hex digits, or null"),
     }
-    for key, (ok, expected) in checks.items():
-        if not ok(config[key]):
-            raise FileFormatError(f"{where}: {key} must be {expected}, got {config[key]!r:.80}")
+
+
+def _check_together(config: dict, where: str) -> None:
+    """Refuses values that are each valid but do not go together (the hidden activations and the
+    layers, a private run's options), and reads an old private run's missing ``dp_reproducible``
+    as true (its noise came from its seed): ``config`` is changed in place."""
     hidden, n_hidden = config["hidden"], len(config["sizes"]) - 2
     if len(hidden) != 1 and len(hidden) != n_hidden:
         raise FileFormatError(f"{where}: hidden names {len(hidden)} activations for {n_hidden} hidden layers")
@@ -317,7 +441,6 @@ def check_config(config: Any, where: str) -> dict:
         raise FileFormatError(f"{where}: dp_reproducible is an option of a private run (dp_clip)")
     if config["dp_clip"] is not None and config["rule"] != "backprop":
         raise FileFormatError(f"{where}: a private run trains with backprop, not {config['rule']}")
-    return config
 
 
 def _is_sha256(value: Any) -> bool:
@@ -331,6 +454,12 @@ def _is_fingerprint(value: Any) -> bool:
             and (value.get("held_out_sha256") is None or _is_sha256(value["held_out_sha256"]))
             and isinstance(rows, dict) and set(rows) == set(SPLITS)
             and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in rows.values()))
+
+
+def _write_json(path: pathlib.Path, value: Any) -> pathlib.Path:
+    """A small JSON file of a run, written atomically: indented by two spaces, one newline at the end."""
+    atomic_write(path, lambda f: f.write((json.dumps(value, indent=2, allow_nan=False) + "\n").encode()))
+    return path
 
 
 def _read_json(path: "str | os.PathLike", name: str, limit: int, too_large: str) -> tuple[Any, pathlib.Path]:
@@ -394,7 +523,7 @@ class Built(NamedTuple):
     @property
     def training_optimizer(self):
         """What the run's optimizer state belongs to: DP-SGD's noise then the optimizer, for a private run."""
-        from jbp.train import private_optimizer
+        from jbp.privacy import private_optimizer
 
         if self.privacy is None:
             return self.optimizer
@@ -716,6 +845,21 @@ def check_output(path: "str | os.PathLike", *, inputs: "Iterable[str | os.PathLi
     return path
 
 
+def load_checkpoint(folder: "str | os.PathLike", config: dict, built: Built, limit: "int | str | None" = None):
+    """The checkpoint of the run in ``folder``, loaded into the structure its configuration builds
+    and checked against that configuration (:func:`check_against_checkpoint`): what :func:`load_run`
+    and ``jbp train --resume`` read."""
+    from jbp import checkpoint as ckpt
+
+    folder = pathlib.Path(folder)
+    template = built.init()
+    state = ckpt.load(folder / "checkpoint.ckpt", params_like=template,
+                      opt_state_like=built.training_optimizer.init(template), limit=limit,
+                      extras_like=built.extras_like(template, config["patience"]))
+    check_against_checkpoint(config, state.config, folder / "config.json", folder / "checkpoint.ckpt")
+    return state
+
+
 def load_run(path: "str | os.PathLike", limit: "int | str | None" = None) -> Run:
     """Reads a run's folder back: the objects :func:`jbp.fit` works with, every file checked.
 
@@ -751,10 +895,7 @@ def load_run(path: "str | os.PathLike", limit: "int | str | None" = None) -> Run
     config = read_config(folder / "config.json")
     built = build(config)
     template = built.init()
-    state = ckpt.load(folder / "checkpoint.ckpt", params_like=template,
-                      opt_state_like=built.training_optimizer.init(template), limit=limit,
-                      extras_like=built.extras_like(template, config["patience"]))
-    check_against_checkpoint(config, state.config, folder / "config.json", folder / "checkpoint.ckpt")
+    state = load_checkpoint(folder, config, built, limit)
     feedback = built.feedback
     if feedback is not None and feedback.learns:
         feedback = feedback.replace(state.extras["feedback"])

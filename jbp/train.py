@@ -32,15 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jbp.batch import check_batch, forward_costs, loss_and_grads
-from jbp.checks import all_finite, check_key
-from jbp.losses import Loss, get_loss
-from jbp.network import MLP, Dense, check_params
-from jbp.feedback import Feedback, angle, check_feedback
 from jbp import parallel
-from jbp.parallel import shard_rows
-from jbp.privacy import (DPSGD, check_delta, check_privacy, clipped_sum, dp_keys, dp_noise, epsilon, public_state,
-                          with_noise_key)
+from jbp.batch import check_batch
+from jbp.checks import all_finite, check_key
+from jbp.epochs import epoch_of_batches, epoch as run_one_epoch, process_batches
+from jbp.feedback import Feedback, check_feedback
+from jbp.losses import Loss, get_loss
+from jbp.metrics import angles, confusion_matrix, evaluate, metrics, predicted_classes, targets_are_classes  # noqa: F401
+from jbp.network import Dense, Network, check_params, params_dtype
+from jbp.privacy import (DPSGD, check_delta, check_privacy, dp_keys, epsilon, poisson_epoch, private_optimizer,
+                          public_state, with_noise_key)
 
 Array = jax.Array
 
@@ -83,287 +84,8 @@ class TrainingDiverged(FloatingPointError):
         self.steps, self.epsilon = steps, epsilon
 
 
-def targets_are_classes(Y: Any) -> bool:
-    """Whether ``Y`` holds class targets: 0/1 entries, one 1 per row (or one 0/1 output)."""
-    Y = np.asarray(Y)
-    if not np.all((Y == 0) | (Y == 1)):
-        return False
-    return Y.shape[1] == 1 or bool(np.all(Y.sum(axis=1) == 1))
-
-
-def predicted_classes(outputs: Array) -> Array:
-    """The class each row of outputs ``(m, n_L)`` predicts: the largest output, or ``a > ½`` for one output."""
-    outputs = jnp.asarray(outputs)
-    if outputs.shape[1] == 1:
-        return (outputs[:, 0] > 0.5).astype(jnp.int32)
-    return jnp.argmax(outputs, axis=1)
-
-
-def confusion_matrix(net: MLP, params: Sequence[Dense], X: Array, labels: Array, n_classes: int,
-                     chunk: int = 4096) -> np.ndarray:
-    """Counts ``C[t, p]`` of samples of class ``t`` predicted as ``p``, from class indices ``labels``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, jbp
-      >>> net = jbp.mlp([2, 3, 2], output=jbp.softmax)
-      >>> params = jbp.init(net, jax.random.key(0))
-      >>> int(jbp.confusion_matrix(net, params, jnp.ones((5, 2)), jnp.array([0, 1, 0, 1, 1]), 2).sum())
-      5
-    """
-    from jbp.batch import predict
-
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or len(labels) != len(X) or labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be one class index per row of X ({len(X)}), got {labels.dtype} {labels.shape}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must lie in [0, {n_classes})")
-    counts = np.zeros((n_classes, n_classes), np.int64)
-    for start in range(0, len(X), chunk):
-        guess = np.asarray(predicted_classes(predict(net, params, X[start : start + chunk])))
-        np.add.at(counts, (labels[start : start + chunk], guess), 1)
-    return counts
-
-
-def _correct(outputs: Array, Y: Array) -> Array:
-    """1 where the prediction is the target class: argmax, or a > ½ for one output."""
-    if Y.shape[1] == 1:
-        return ((outputs[:, 0] > 0.5) == (Y[:, 0] > 0.5)).astype(outputs.dtype)
-    return (jnp.argmax(outputs, axis=1) == jnp.argmax(Y, axis=1)).astype(outputs.dtype)
-
-
-@partial(jax.jit, static_argnames=("net", "loss", "classes", "chunk"))
-def _evaluate(net, params, X, Y, loss, classes, chunk):
-    n = X.shape[0]
-
-    def sums(X, Y):
-        traces, costs = forward_costs(net, params, X, Y, loss)
-        correct = jnp.sum(_correct(traces.activations[-1], Y)) if classes else 0.0
-        return jnp.stack([jnp.sum(costs), correct])
-
-    def add_chunk(i, total):
-        rows = partial(jax.lax.dynamic_slice_in_dim, start_index=i * chunk, slice_size=chunk)
-        return total + sums(rows(X), rows(Y))
-
-    full = n // chunk
-    total = jnp.zeros(2, X.dtype)
-    if full:
-        total = jax.lax.fori_loop(0, full, add_chunk, total)
-    if n % chunk:
-        total = total + sums(X[full * chunk :], Y[full * chunk :])
-    return total / n
-
-
-def evaluate(
-    net: MLP, params: Sequence[Dense], X: Array, Y: Array, loss: "Loss | str", chunk: int = 4096
-) -> dict:
-    """The mean per-sample cost over a data set, and the accuracy for class targets.
-
-    The set is processed ``chunk`` rows at a time, so memory stays bounded.
-
-    Returns:
-      ``{"loss": mean C}``, plus ``"accuracy"`` when ``Y`` holds classes
-      (one-hot rows, or a single 0/1 output judged at ``a > 0.5``).
-
-    Raises:
-      ValueError, TypeError, FloatingPointError: as :func:`jbp.loss_and_grads`.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, jbp
-      >>> net = jbp.mlp([2, 3, 2], output=jbp.softmax)
-      >>> params = jbp.init(net, jax.random.key(0))
-      >>> sorted(jbp.evaluate(net, params, jnp.ones((5, 2)), jnp.eye(2)[jnp.array([0, 1, 0, 1, 1])],
-      ...                     jbp.softmax_cross_entropy))
-      ['accuracy', 'loss']
-    """
-    loss = get_loss(loss)
-    X, Y = check_batch(net, params, X, Y, loss)
-    metrics = _metrics(net, params, X, Y, loss, targets_are_classes(Y), chunk)
-    if not np.all(np.isfinite(list(metrics.values()))):
-        raise FloatingPointError(f"evaluate overflowed: {metrics} although every input is finite")
-    return metrics
-
-
-def _metrics(net, params, X, Y, loss, classes, chunk=4096) -> dict:
-    """:func:`evaluate` on data already checked."""
-    cost, correct = _evaluate(net, params, X, Y, loss, classes, int(chunk))
-    return {"loss": float(cost), "accuracy": float(correct)} if classes else {"loss": float(cost)}
-
-
-def _step(net, loss, optimizer, l2, n, guard, compute_dtype=None):
-    """One training step on a minibatch ``(X, Y)``: the rule's gradient, then the optimizer.
-
-    With a ``compute_dtype`` (mixed precision), the passes run on copies of the
-    parameters, the feedback matrices and the minibatch in that dtype; the
-    gradient comes back in the parameters' own dtype for the optimizer."""
-
-    def step(carry, batch):
-        X, Y = batch
-        params, feedback = carry[0], carry[2]
-        if compute_dtype is not None:
-            params, feedback, X, Y = jax.tree.map(lambda x: x.astype(compute_dtype), (params, feedback, X, Y))
-        share = l2 * X.shape[0] / n  # this minibatch's share of λ/(2n) Σ‖W‖²
-        J, grads = loss_and_grads(net, params, X, Y, loss, share, feedback=feedback)
-        if compute_dtype is not None:
-            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, carry[0])
-            J = J.astype(carry[0][0].W.dtype)
-        carry, ok = _apply(optimizer, carry, grads, J, guard)
-        return carry, (J, ok)
-
-    return step
-
-
-@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "drop_last", "l2", "guard", "mesh",
-                                   "compute_dtype"))
-def _epoch(net, params, opt_state, X, Y, key, feedback=None, *, loss, optimizer, batch_size, drop_last, l2,
-           guard=False, mesh=None, compute_dtype=None):
-    """One epoch: the scan over full minibatches, then the remainder. Returns
-    the new params, state and feedback rule, every step's minibatch cost J and
-    whether each step left finite parameters.
-
-    With ``guard`` (the slow path, run again after an epoch that went
-    non-finite), a step whose cost or new parameters are not finite is not
-    applied, nor any after it: the parameters returned are the last finite ones.
-
-    With a ``mesh``, ``X`` and ``Y`` are replicated on its devices and each
-    minibatch's rows are split over its ``"batch"`` axis (:func:`jbp.parallel.shard_rows`).
-    """
-    n = X.shape[0]
-    order = jax.random.permutation(key, n)
-    full = n // batch_size
-    step = _step(net, loss, optimizer, l2, n, guard, compute_dtype)
-
-    def rows_step(carry, rows):
-        batch = (X[rows], Y[rows])
-        if mesh is not None:
-            batch = tuple(shard_rows(part, mesh) for part in batch)
-        return step(carry, batch)
-
-    carry = (params, opt_state, feedback, jnp.array(True))
-    carry, (costs, ok) = jax.lax.scan(rows_step, carry, order[: full * batch_size].reshape(full, batch_size))
-    if n % batch_size and not drop_last:
-        carry, (last, last_ok) = rows_step(carry, order[full * batch_size :])
-        costs, ok = jnp.append(costs, last), jnp.append(ok, last_ok)
-    return carry[0], carry[1], carry[2], costs, ok
-
-
-@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "n", "l2", "guard", "compute_dtype"))
-def _epoch_of_batches(net, params, opt_state, X, Y, rest, feedback=None, *, loss, optimizer, n, l2, guard=False,
-                      compute_dtype=None):
-    """:func:`_epoch` on minibatches gathered already: ``X`` of shape ``(steps, batch, n_0)``, split
-    over the devices of many processes (each fed its own rows), and ``rest``, the epoch's last,
-    smaller minibatch ``(X, Y)`` or None."""
-    step = _step(net, loss, optimizer, l2, n, guard, compute_dtype)
-    carry = (params, opt_state, feedback, jnp.array(True))
-    carry, (costs, ok) = jax.lax.scan(step, carry, (X, Y))
-    if rest is not None:
-        carry, (last, last_ok) = step(carry, rest)
-        costs, ok = jnp.append(costs, last), jnp.append(ok, last_ok)
-    return carry[0], carry[1], carry[2], costs, ok
-
-
-def _apply(optimizer, carry, grads, J, guard):
-    """One optimizer step on ``(params, state, feedback, healthy)``; with ``guard``, a step that
-    leaves a non-finite cost, parameter or state is not applied, nor any after it.
-
-    A rule that learns (Kolen-Pollack) gives its matrices the update the weights got, and both
-    the same decay: ``W ← W + u − d W``, ``B ← B + u − d B``."""
-    params, state, feedback, healthy = carry
-    updates, new_state = optimizer.update(grads, state, params)
-    new_params = optax.apply_updates(params, updates)
-    if feedback is not None and feedback.learns:
-        d = feedback.decay
-        new_params = tuple(Dense(W=new.W - d * old.W, b=new.b) for new, old in zip(new_params, params))
-        feedback = feedback.replace(tuple(B + u.W - d * B for B, u in zip(feedback.matrices, updates)))
-    old = (params, state, carry[2])
-    if not guard:
-        return (new_params, new_state, feedback, healthy), healthy
-    ok = healthy & jnp.isfinite(J) & all_finite((new_params, new_state, feedback))
-    kept = jax.tree.map(lambda new, previous: jnp.where(ok, new, previous), (new_params, new_state, feedback), old)
-    return (*kept, ok), ok
-
-
-def private_optimizer(privacy: DPSGD, optimizer: optax.GradientTransformation, batch_size: int):
-    """DP-SGD's noise, ``N(0, (σ C / B)²)`` on the clipped sum divided by the expected batch
-    size ``B``, then the optimizer: the transformation :func:`fit` applies with ``privacy``.
-    The noise's key is the first of :func:`jbp.privacy.dp_keys`."""
-    stddev = privacy.noise_multiplier * privacy.max_norm / batch_size
-    return optax.chain(dp_noise(stddev, dp_keys(privacy)[0]), optimizer)
-
-
-def poisson_capacities(n: int, batch_size: int, multiple: int = 1) -> tuple[int, ...]:
-    """The padded sizes a Poisson-sampled batch is processed at: the expected size times 1 1/16,
-    1 1/8, 1 1/4, 1 1/2 and 2, then ``n`` (so that any draw fits, however unlikely); each
-    rounded up to a ``multiple`` of the devices that share it."""
-    sizes = {min(n, multiple * math.ceil(batch_size * f / multiple)) for f in (1.0625, 1.125, 1.25, 1.5, 2.0)} | {n}
-    return tuple(sorted(sizes))
-
-
-@partial(jax.jit, static_argnames=("net", "loss", "optimizer", "batch_size", "l2", "guard", "mesh"))
-def _private_epoch(net, params, opt_state, X, Y, key, max_norm, *, loss, optimizer, batch_size, l2, guard=False,
-                   mesh=None):
-    """One epoch of DP-SGD: ``round(n / B)`` steps, each on a Poisson sample (every row in with
-    probability ``q = B / n``), clipped to ``max_norm``, summed, divided by ``B``; the noise is
-    the first transformation of ``optimizer``.
-
-    Shapes under ``jit``: the sampled rows (a mask over all ``n``, its count
-    and ``jnp.nonzero``) are gathered into the smallest of a few padded sizes
-    that holds them (:func:`poisson_capacities`), chosen by ``lax.switch``;
-    padding rows have weight 0 in the clipped sum. Only the chosen size's
-    branch runs, so the padding costs at most a sixteenth of the expected
-    batch in the common case, and no draw is ever cut short.
-    """
-    n = X.shape[0]
-    q = batch_size / n
-    capacities = poisson_capacities(n, batch_size, 1 if mesh is None else parallel.batch_devices(mesh))
-    steps = max(1, round(n / batch_size))
-
-    def step(carry, k):
-        params = carry[0]
-        mask = jax.random.bernoulli(k, q, (n,))
-        count = jnp.sum(mask)
-
-        def at(capacity):
-            def run(_):
-                rows = jnp.nonzero(mask, size=capacity, fill_value=0)[0]
-                weights = (jnp.arange(capacity) < count).astype(X.dtype)
-                batch = (X[rows], Y[rows], weights)
-                if mesh is not None:
-                    batch = tuple(shard_rows(part, mesh) for part in batch)
-                return clipped_sum(net, params, *batch[:2], loss, max_norm, batch[2])[:2]
-
-            return run
-
-        branch = jnp.searchsorted(jnp.asarray(capacities), count)
-        cost, sums = jax.lax.switch(branch, [at(c) for c in capacities], None)
-        grads = tuple(
-            Dense(W=s.W / batch_size + (l2 / n) * layer.W, b=s.b / batch_size) for s, layer in zip(sums, params)
-        )
-        J = cost / jnp.maximum(count, 1)
-        # the guard judges the released parameters and state only, never the samples' costs
-        carry, ok = _apply(optimizer, carry, grads, jnp.zeros_like(J), guard)
-        return carry, (J, ok, count)
-
-    carry = (params, opt_state, None, jnp.array(True))
-    carry, (costs, ok, counts) = jax.lax.scan(step, carry, jax.random.split(key, steps))
-    return carry[0], carry[1], None, costs, ok, counts
-
-
-def _process_batches(mesh, host, key, batch_size: int, drop_last: bool):
-    """An epoch's minibatches for a mesh over several processes: the same shuffle as :func:`_epoch`
-    (from the same key, in every process), each process sending only its own devices' rows."""
-    X, Y = host
-    n = len(X)
-    order = np.asarray(jax.random.permutation(key, n))
-    full = n // batch_size
-    steps = order[: full * batch_size].reshape(full, batch_size)
-    rest = None
-    if n % batch_size and not drop_last:
-        rest = tuple(parallel.remainder(mesh, part, order[full * batch_size :]) for part in (X, Y))
-    return parallel.batches(mesh, X, steps), parallel.batches(mesh, Y, steps), rest
-
-
 def _divergence_hint(params, compute_dtype) -> str:
-    if jnp.dtype(compute_dtype or params[0].W.dtype) == jnp.float16:
+    if jnp.dtype(compute_dtype or params_dtype(params)) == jnp.float16:
         return ("float16 holds numbers up to 65504 only: compute in bfloat16, which has float32's range, "
                 "or lower the learning rate")
     return "lower the learning rate?"
@@ -525,8 +247,8 @@ def check_fit(*args, **kwargs) -> None:
 
 
 def fit(
-    net: MLP,
-    params: Sequence[Dense],
+    net: Network,
+    params: Sequence[Any],
     X: Array,
     Y: Array,
     *,
@@ -544,7 +266,7 @@ def fit(
     on_epoch: "Callable[[dict, tuple[Dense, ...], Any], None] | None" = None,
     progress: bool = False,
     patience: "int | None" = None,
-    best_params: "Sequence[Dense] | None" = None,
+    best_params: "Sequence[Any] | None" = None,
     privacy: "DPSGD | None" = None,
     feedback: "Feedback | None" = None,
     mesh: "jax.sharding.Mesh | None" = None,
@@ -659,104 +381,18 @@ def fit(
       1.0
     """
     checked = _checked_arguments(**locals())  # every argument of fit, as given
-    loss, X, Y, n, epochs, batch_size, start_epoch, validation, patience, best, eval_every, compute_dtype, mesh, \
-        feedback, privacy, train_metrics, steps_per_epoch = checked
-    probe = (X[:512], Y[:512])  # the fixed rows the feedback diagnostics are measured on
-    if privacy is not None:
-        noise_key, sampling_key = dp_keys(privacy)  # the run's randomness is the privacy's, not fit's key
-        optimizer = private_optimizer(privacy, optimizer, batch_size)
-        if opt_state is not None:  # a continued run draws from this key (a secure checkpoint holds a placeholder)
-            opt_state = with_noise_key(opt_state, noise_key)
-    # what fit hands out (its result, on_epoch, TrainingDiverged): a secure run's noise key never leaves it
-    handed = public_state if privacy is not None and privacy.secure else (lambda state: state)
-    params = tuple(params)
-    opt_state = optimizer.init(params) if opt_state is None else opt_state
-    history = list(history)
-    sets = ([("", X, Y)] if train_metrics else []) + ([("val_", *validation)] if validation is not None else [])
-    sets = [(prefix, X_, Y_, targets_are_classes(Y_)) for prefix, X_, Y_ in sets]
-    many = mesh is not None and parallel.spans_processes(mesh)
-    host = (np.asarray(X), np.asarray(Y)) if many else None
-    if mesh is not None:  # on the devices once for the whole run
-        X, Y, params, opt_state, feedback, probe = parallel.place((X, Y, params, opt_state, feedback, probe), mesh)
-        sets = [(prefix, *parallel.place((X_, Y_), mesh), classes) for prefix, X_, Y_, classes in sets]
-    if best is not None and mesh is not None:
-        best["params"] = parallel.place(best["params"], mesh)
-
-    bar = _progress_bar(start_epoch, epochs) if progress else None
+    run = _Training(net, params, optimizer, opt_state, key, checked, drop_last=drop_last, l2=float(l2))
+    params, opt_state, feedback, best, history = run.params, run.opt_state, run.checked.feedback, checked.best, list(history)
+    bar = _progress_bar(checked.start_epoch, checked.epochs) if progress else None
     try:
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(checked.start_epoch, checked.epochs):
             started = time.perf_counter()
-            epoch_key = jax.random.fold_in(key if privacy is None else sampling_key, epoch)
-            if many:
-                run_epoch = partial(
-                    _epoch_of_batches, net, params, opt_state, *_process_batches(mesh, host, epoch_key, batch_size,
-                                                                                 drop_last), feedback,
-                    loss=loss, optimizer=optimizer, n=n, l2=float(l2), compute_dtype=compute_dtype,
-                )
-            elif privacy is None:
-                run_epoch = partial(
-                    _epoch, net, params, opt_state, X, Y, epoch_key, feedback,
-                    loss=loss, optimizer=optimizer, batch_size=batch_size, drop_last=drop_last, l2=float(l2), mesh=mesh,
-                    compute_dtype=compute_dtype,
-                )
-            else:
-                run_epoch = partial(
-                    _private_epoch, net, params, opt_state, X, Y, epoch_key,
-                    jnp.asarray(privacy.max_norm, params[0].W.dtype),
-                    loss=loss, optimizer=optimizer, batch_size=batch_size, l2=float(l2), mesh=mesh,
-                )
+            run_epoch = run.epoch_function(epoch, params, opt_state, feedback)
             new_params, new_state, new_feedback, costs, _, *counts = run_epoch()
-            # a private run is judged by what the mechanism released (the noised parameters), never by
-            # the training samples' costs
-            healthy = bool(all_finite((new_params, new_state, new_feedback)))
-            if privacy is None:
-                costs = np.asarray(costs)
-                healthy = healthy and bool(np.all(np.isfinite(costs)))
-            if not healthy:
-                # the same epoch again (the same keys, so the same draws), stopping at the first step that is not finite
-                last_params, last_state, _, costs, ok, *_ = run_epoch(guard=True)
-                ok = np.asarray(ok)
-                step = int(np.argmin(ok))
-                what = "the parameters or the optimizer's state overflowed" if privacy is not None else (
-                    f"the loss is {float(costs[step])}, or the parameters or the optimizer's state overflowed")
-                # the failing step counts: what it computed from its batch is what this message tells
-                note, accounted = _spent_note(privacy, batch_size, n, epoch * (steps_per_epoch or 0) + step + 1)
-                raise TrainingDiverged(
-                    f"training diverged at epoch {epoch + 1}, step {step + 1}: {what} "
-                    f"({_divergence_hint(params, compute_dtype)}); the parameters from just before that step are kept"
-                    + note, epoch + 1, step + 1, last_params, handed(last_state), history, *accounted,
-                )
+            if not run.healthy(new_params, new_state, new_feedback, costs):
+                raise run.diverged(epoch, run_epoch, params, history)
             params, opt_state, feedback = new_params, new_state, new_feedback
-            record = {"epoch": epoch + 1}
-            if privacy is None or train_metrics:  # a private run's training statistics only when asked for
-                costs = np.asarray(costs)
-                if privacy is None:
-                    sizes = np.full(len(costs), batch_size)
-                    if len(costs) > n // batch_size:  # the last, smaller minibatch
-                        sizes[-1] = n % batch_size
-                else:
-                    sizes = np.asarray(counts[0])
-                record["running_loss"] = float(np.dot(costs, sizes) / max(sizes.sum(), 1))
-                if privacy is not None:
-                    record["batch_size_mean"] = float(sizes.mean())
-            if privacy is not None:
-                spent = _spent(privacy, batch_size, n, (epoch + 1) * steps_per_epoch)
-                if spent is not None and math.isfinite(spent):
-                    record["epsilon"] = spent
-            measured = eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
-            for prefix, X_, Y_, classes in sets if measured else ():
-                record.update({prefix + k: v for k, v in _metrics(net, params, X_, Y_, loss, classes).items()})
-            if feedback is not None:
-                record.update(_angles(net, params, *probe, loss, feedback))
-            overflowed = [name for name, value in record.items() if not np.all(np.isfinite(value))]
-            if overflowed:
-                note, accounted = _spent_note(privacy, batch_size, n, (epoch + 1) * (steps_per_epoch or 0))
-                raise TrainingDiverged(
-                    f"after epoch {epoch + 1} the {' and '.join(overflowed)} overflowed to "
-                    f"{', '.join(str(record[k]) for k in overflowed)} although the parameters are finite "
-                    "(inputs or weights too large for the dtype?); that epoch is not recorded" + note,
-                    epoch + 1, len(costs), params, handed(opt_state), history, *accounted,
-                )
+            record = run.record(epoch, params, feedback, costs, counts, history, opt_state)
             if best is not None:
                 if best["epoch"] is None or record["val_loss"] < best["val_loss"]:
                     best.update(epoch=epoch + 1, val_loss=record["val_loss"], params=params)
@@ -765,39 +401,140 @@ def fit(
             history.append(record)
             if on_epoch is not None:
                 if feedback is not None and feedback.learns:
-                    on_epoch(record, params, handed(opt_state), feedback=feedback)
+                    on_epoch(record, params, run.handed(opt_state), feedback=feedback)
                 else:
-                    on_epoch(record, params, handed(opt_state))
+                    on_epoch(record, params, run.handed(opt_state))
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in BAR_METRICS}, refresh=False)
                 bar.update(1)
-            if best is not None and epoch + 1 - best["epoch"] >= patience and epoch + 1 < epochs:
-                return FitResult(best["params"], handed(opt_state), history, best["epoch"], True, feedback)
+            if best is not None and epoch + 1 - best["epoch"] >= checked.patience and epoch + 1 < checked.epochs:
+                return FitResult(best["params"], run.handed(opt_state), history, best["epoch"], True, feedback)
     finally:
         if bar is not None:
             bar.close()
     if best is not None:
-        return FitResult(best["params"], handed(opt_state), history, best["epoch"], False, feedback)
-    return FitResult(params, handed(opt_state), history, feedback=feedback)
+        return FitResult(best["params"], run.handed(opt_state), history, best["epoch"], False, feedback)
+    return FitResult(params, run.handed(opt_state), history, feedback=feedback)
 
 
-def _angles(net, params, X, Y, loss, feedback) -> dict:
-    """Per layer, the angle (degrees) between the rule's update and the true gradient on fixed rows,
-    and between the rule's feedback matrix (or sign(W)) and W."""
-    _, true = loss_and_grads(net, params, X, Y, loss)
-    _, rule = loss_and_grads(net, params, X, Y, loss, feedback=feedback)
-    record = {"update_angles": [float(angle(u, g)) for u, g in zip(rule, true)]}
-    if feedback.kind in ("fa", "kp"):
-        record["feedback_angles"] = [float(angle(B, layer.W)) for B, layer in zip(feedback.matrices, params)]
-    elif feedback.kind == "sign":
-        record["feedback_angles"] = [float(angle(jnp.sign(layer.W), layer.W)) for layer in params]
-    return record
+class _Training:
+    """What stays fixed through one call of :func:`fit`, after its checks: the data (on the mesh's
+    devices, once), the optimizer (with DP-SGD's noise for a private run), the keys, the sets measured
+    each epoch; and the three things an epoch asks of them: its compiled program, a judgement of
+    its outcome, its record."""
+
+    def __init__(self, net, params, optimizer, opt_state, key, checked: _Checked, *, drop_last: bool, l2: float):
+        c = self.checked = checked
+        self.net, self.key, self.drop_last, self.l2 = net, key, drop_last, l2
+        X, Y, privacy, mesh = c.X, c.Y, c.privacy, c.mesh
+        probe = (X[:512], Y[:512])  # the fixed rows the feedback diagnostics are measured on
+        if privacy is not None:
+            noise_key, self.sampling_key = dp_keys(privacy)  # the run's randomness is the privacy's, not fit's key
+            optimizer = private_optimizer(privacy, optimizer, c.batch_size)
+            if opt_state is not None:  # a continued run draws from this key (a secure checkpoint holds a placeholder)
+                opt_state = with_noise_key(opt_state, noise_key)
+        # what fit hands out (its result, on_epoch, TrainingDiverged): a secure run's noise key never leaves it
+        self.handed = public_state if privacy is not None and privacy.secure else (lambda state: state)
+        params = tuple(params)
+        opt_state = optimizer.init(params) if opt_state is None else opt_state
+        sets = ([("", X, Y)] if c.train_metrics else []) + ([("val_", *c.validation)] if c.validation is not None else [])
+        sets = [(prefix, X_, Y_, targets_are_classes(Y_)) for prefix, X_, Y_ in sets]
+        self.many = mesh is not None and parallel.spans_processes(mesh)
+        self.host = (np.asarray(X), np.asarray(Y)) if self.many else None
+        feedback = c.feedback
+        if mesh is not None:  # on the devices once for the whole run
+            X, Y, params, opt_state, feedback, probe = parallel.place((X, Y, params, opt_state, feedback, probe), mesh)
+            sets = [(prefix, *parallel.place((X_, Y_), mesh), classes) for prefix, X_, Y_, classes in sets]
+            self.checked = c = c._replace(feedback=feedback)
+            if c.best is not None:
+                c.best["params"] = parallel.place(c.best["params"], mesh)
+        self.X, self.Y, self.probe, self.sets, self.optimizer = X, Y, probe, sets, optimizer
+        self.params, self.opt_state = params, opt_state
+
+    def epoch_function(self, epoch: int, params, opt_state, feedback):
+        """Epoch ``epoch``'s compiled program, as a function of ``guard`` alone: the mesh-of-processes
+        epoch, the plain one, or DP-SGD's Poisson epoch."""
+        c, net = self.checked, self.net
+        epoch_key = jax.random.fold_in(self.key if c.privacy is None else self.sampling_key, epoch)
+        common = dict(loss=c.loss, optimizer=self.optimizer, l2=self.l2)
+        if self.many:
+            batches = process_batches(c.mesh, self.host, epoch_key, c.batch_size, self.drop_last)
+            return partial(epoch_of_batches, net, params, opt_state, *batches, feedback, n=c.n,
+                           compute_dtype=c.compute_dtype, **common)
+        if c.privacy is None:
+            return partial(run_one_epoch, net, params, opt_state, self.X, self.Y, epoch_key, feedback,
+                           batch_size=c.batch_size, drop_last=self.drop_last, mesh=c.mesh, compute_dtype=c.compute_dtype,
+                           **common)
+        max_norm = jnp.asarray(c.privacy.max_norm, params_dtype(params))
+        return partial(poisson_epoch, net, params, opt_state, self.X, self.Y, epoch_key, max_norm,
+                       batch_size=c.batch_size, mesh=c.mesh, **common)
+
+    def healthy(self, params, opt_state, feedback, costs) -> bool:
+        """Whether an epoch left finite parameters, state and (without privacy) costs. A private run is
+        judged by what the mechanism released (the noised parameters), never by the samples' costs."""
+        healthy = bool(all_finite((params, opt_state, feedback)))
+        if self.checked.privacy is None:
+            healthy = healthy and bool(np.all(np.isfinite(np.asarray(costs))))
+        return healthy
+
+    def diverged(self, epoch: int, run_epoch, params, history) -> "TrainingDiverged":
+        """The error for an epoch that went non-finite: the same epoch again (the same keys, so the same
+        draws) with the guard on, which stops at the first step that is not finite."""
+        c = self.checked
+        last_params, last_state, _, costs, ok, *_ = run_epoch(guard=True)
+        step = int(np.argmin(np.asarray(ok)))
+        what = "the parameters or the optimizer's state overflowed" if c.privacy is not None else (
+            f"the loss is {float(costs[step])}, or the parameters or the optimizer's state overflowed")
+        # the failing step counts: what it computed from its batch is what this message tells
+        note, accounted = _spent_note(c.privacy, c.batch_size, c.n, epoch * (c.steps_per_epoch or 0) + step + 1)
+        return TrainingDiverged(
+            f"training diverged at epoch {epoch + 1}, step {step + 1}: {what} "
+            f"({_divergence_hint(params, c.compute_dtype)}); the parameters from just before that step are kept"
+            + note, epoch + 1, step + 1, last_params, self.handed(last_state), history, *accounted,
+        )
+
+    def record(self, epoch: int, params, feedback, costs, counts, history, opt_state) -> dict:
+        """Epoch ``epoch``'s record: the running loss (a private run's only when asked for), ε, the
+        metrics of every set, the feedback angles. Raises :class:`TrainingDiverged` when one of them
+        overflowed although the parameters are finite."""
+        c = self.checked
+        record = {"epoch": epoch + 1}
+        if c.privacy is None or c.train_metrics:  # a private run's training statistics only when asked for
+            costs = np.asarray(costs)
+            if c.privacy is None:
+                sizes = np.full(len(costs), c.batch_size)
+                if len(costs) > c.n // c.batch_size:  # the last, smaller minibatch
+                    sizes[-1] = c.n % c.batch_size
+            else:
+                sizes = np.asarray(counts[0])
+            record["running_loss"] = float(np.dot(costs, sizes) / max(sizes.sum(), 1))
+            if c.privacy is not None:
+                record["batch_size_mean"] = float(sizes.mean())
+        if c.privacy is not None:
+            spent = _spent(c.privacy, c.batch_size, c.n, (epoch + 1) * c.steps_per_epoch)
+            if spent is not None and math.isfinite(spent):
+                record["epsilon"] = spent
+        measured = c.eval_every and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs)
+        for prefix, X_, Y_, classes in self.sets if measured else ():
+            record.update({prefix + k: v for k, v in metrics(self.net, params, X_, Y_, c.loss, classes).items()})
+        if feedback is not None:
+            record.update(angles(self.net, params, *self.probe, c.loss, feedback))
+        overflowed = [name for name, value in record.items() if not np.all(np.isfinite(value))]
+        if overflowed:
+            note, accounted = _spent_note(c.privacy, c.batch_size, c.n, (epoch + 1) * (c.steps_per_epoch or 0))
+            raise TrainingDiverged(
+                f"after epoch {epoch + 1} the {' and '.join(overflowed)} overflowed to "
+                f"{', '.join(str(record[k]) for k in overflowed)} although the parameters are finite "
+                "(inputs or weights too large for the dtype?); that epoch is not recorded" + note,
+                epoch + 1, len(costs), params, self.handed(opt_state), history, *accounted,
+            )
+        return record
 
 
 BAR_METRICS = ("running_loss", "accuracy", "val_loss", "val_accuracy", "epsilon")
 
 
-def _best_so_far(history: Sequence[dict], best_params: "Sequence[Dense] | None", params) -> dict:
+def _best_so_far(history: Sequence[dict], best_params: "Sequence[Any] | None", params) -> dict:
     """The best epoch of a resumed history (lowest val_loss, the earliest of ties) and its parameters."""
     scored = [r for r in history if "val_loss" in r]
     if not scored:

@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jbp
-from jbp import parallel, train as training
+from jbp import epochs, metrics, parallel
 from jbp.cli import main
 
 LOSS = "softmax_cross_entropy"
@@ -138,7 +138,7 @@ def test_a_step_holds_one_all_reduce_and_no_gather_of_the_batch(explicit):
     net, params, X, Y = problem(n=96)
     optimizer = optax.sgd(0.1)
     placed = parallel.place((X, Y, params, optimizer.init(params)), mesh)
-    compiled = training._epoch.lower(
+    compiled = epochs.epoch.lower(
         net, placed[2], placed[3], placed[0], placed[1], jax.random.key(1), None, loss=jbp.softmax_cross_entropy,
         optimizer=optimizer, batch_size=16, drop_last=False, l2=0.0, mesh=mesh,
     ).compile().as_text()
@@ -152,13 +152,13 @@ def test_a_step_holds_one_all_reduce_and_no_gather_of_the_batch(explicit):
 def test_a_whole_run_compiles_once():
     net, params, X, Y = problem(n=90)
     kw = dict(loss=LOSS, optimizer=optax.sgd(0.05), batch_size=16, key=jax.random.key(1), validation=(X[:30], Y[:30]))
-    before = training._epoch._cache_size(), training._evaluate._cache_size()
+    before = epochs.epoch._cache_size(), metrics._evaluate._cache_size()
     jbp.fit(net, params, X, Y, epochs=6, **kw)
-    after = training._epoch._cache_size(), training._evaluate._cache_size()
+    after = epochs.epoch._cache_size(), metrics._evaluate._cache_size()
     assert after[0] - before[0] == 1  # one program for every epoch
     assert after[1] - before[1] <= 2  # the training set's and the validation set's
     jbp.fit(net, params, X, Y, epochs=3, **kw)  # the same shapes again: nothing new
-    assert (training._epoch._cache_size(), training._evaluate._cache_size()) == after
+    assert (epochs.epoch._cache_size(), metrics._evaluate._cache_size()) == after
 
 
 def test_eval_every_and_no_training_set_pass():

@@ -202,13 +202,15 @@ def test_the_page_is_the_steps_with_every_number_and_the_lines_that_computed_the
     shown = page.read_text(encoding="utf-8")
     named = re.findall(r'<code class="where">(jbp/[\w/]+\.py):(\d+)</code> <span class="fn">[^<]*</span>'
                        r'<code class="line">([^<]*)</code>', shown)
-    assert {path for path, _, _ in named} >= {"jbp/network.py", "jbp/losses.py", "jbp/activations.py",
-                                              "jbp/feedback.py", "jbp/explain/example.py"}
+    assert {path for path, _, _ in named} >= {"jbp/network.py", "jbp/layers/dense.py", "jbp/losses.py",
+                                              "jbp/activations.py", "jbp/explain/example.py"}
     for path, line, code in named:
         assert (ROOT / path).read_text().splitlines()[int(line) - 1].strip() == html.unescape(code), (path, line)
         assert not html.unescape(code).startswith(("@", "def ")), (path, line, code)
     lines = [html.unescape(code) for _, _, code in named]
-    assert any(code.startswith("z = ") for code in lines) and any("sigma.backward(" in code for code in lines)
+    assert any(code.startswith("return x @ params.W.T + params.b") for code in lines)  # z = W a + b
+    assert any(code.startswith("return delta @ params.W") for code in lines)  # Wᵀ δ
+    assert any(".activation.backward(" in code for code in lines)
     # the controls: labelled buttons, the current step announced
     assert document.by_id["prev"]["aria-label"] == "Previous step"
     assert document.by_id["next"]["aria-label"] == "Next step"

@@ -103,13 +103,13 @@ def test_poisson_batches_have_the_binomial_mean_and_variance():
     params = jbp.init(net, jax.random.key(0))
     n, B = 400, 40
     X, Y = np.ones((n, 3)), np.eye(2)[np.arange(n) % 2]
-    from jbp.train import _private_epoch, private_optimizer
+    from jbp.privacy import poisson_epoch, private_optimizer
 
     privacy = jbp.dp_sgd(1.0, 1.0, jax.random.key(3))
     optimizer = private_optimizer(privacy, optax.sgd(0.0), B)
     counts = []
     for epoch in range(40):
-        *_, epoch_counts = _private_epoch(net, params, optimizer.init(params), jnp.asarray(X), jnp.asarray(Y, jnp.float64),
+        *_, epoch_counts = poisson_epoch(net, params, optimizer.init(params), jnp.asarray(X), jnp.asarray(Y, jnp.float64),
                                           jax.random.key(epoch), jnp.asarray(1.0), loss=jbp.softmax_cross_entropy,
                                           optimizer=optimizer, batch_size=B, l2=0.0)
         counts.extend(np.asarray(epoch_counts).tolist())

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import jbp
+import jbp.epochs
 import reference as ref
 
 SIZES = (5, 7, 3)
@@ -83,9 +84,9 @@ def test_an_epoch_compiles_once_and_resuming_matches_an_unbroken_run():
     net = jbp.mlp(SIZES, hidden="tanh", output="softmax")
     opt, key = optax.adam(0.01), jax.random.key(5)
     common = dict(loss="softmax_cross_entropy", optimizer=opt, batch_size=6, key=key)
-    before = jbp.train._epoch._cache_size()
+    before = jbp.epochs.epoch._cache_size()
     whole = jbp.fit(net, params, X, Y, epochs=6, **common)
-    assert jbp.train._epoch._cache_size() == before + 1
+    assert jbp.epochs.epoch._cache_size() == before + 1
     half = jbp.fit(net, params, X, Y, epochs=3, **common)
     rest = jbp.fit(net, half.params, X, Y, epochs=6, opt_state=half.opt_state, start_epoch=3,
                    history=half.history, **common)

@@ -8,7 +8,7 @@ import numpy as np
 from jbp import data as datasets
 from jbp.cli import options
 from jbp.run import check_data, load_run
-from jbp.train import confusion_matrix, evaluate
+from jbp.metrics import confusion_matrix, evaluate
 
 SPLITS = ("train", "validation", "test")
 

@@ -12,7 +12,7 @@ from jbp.batch import predict
 from jbp.cli import options
 from jbp.files import atomic_write
 from jbp.run import check_output, load_run, run_inputs
-from jbp.train import predicted_classes
+from jbp.metrics import predicted_classes
 
 
 def add_parser(commands) -> None:

@@ -1,11 +1,12 @@
 """``jbp train``: train a network, write the run into a folder it owns, resume it.
 
-The folder (:mod:`jbp.run`) holds ``config.json`` (the run's options),
-``metrics.jsonl`` (one JSON line per epoch), ``checkpoint.ckpt`` (parameters,
-optimizer state, epoch, key, configuration and history, after every epoch),
-``params.npz`` (the final parameters as ``W1, b1, …``), ``summary.json``
-(final train, validation and test metrics) and ``plot.png`` (with the
-``plots`` extra). ``--resume DIR`` continues the run saved in DIR up to
+The folder, whose files :mod:`jbp.run` writes and reads, holds
+``config.json`` (the run's options), ``metrics.jsonl`` (one JSON line per
+epoch), ``checkpoint.ckpt`` (parameters, optimizer state, epoch, key,
+configuration and history, after every epoch), ``params.npz`` (the final
+parameters as ``W1, b1, …``), ``summary.json`` (final train, validation and
+test metrics) and ``plot.png`` (with the ``plots`` extra; a picture, drawn
+here). ``--resume DIR`` continues the run saved in DIR up to
 ``--epochs`` epochs in all, ending with exactly the parameters an
 uninterrupted run would have (a private run's randomness excepted: see below).
 
@@ -29,7 +30,6 @@ done saved.
 
 import argparse
 import errno
-import json
 import math
 import pathlib
 import sys
@@ -48,9 +48,10 @@ from jbp.losses import LOSSES
 from jbp.optimizers import SCHEDULES, names as optimizer_names
 from jbp.feedback import KINDS
 from jbp.privacy import check_delta, epsilon, noise_for_epsilon, placeholder_key, public_state
-from jbp.run import (CONFIG_KEYS, RunFolder, build, check_against_checkpoint, check_config, check_data,
+from jbp.run import (CONFIG_KEYS, RunFolder, build, check_config, check_data, load_checkpoint,
                      data_fingerprint, preprocessing_sha256, read_config)
-from jbp.train import TrainingDiverged, check_fit, evaluate, fit
+from jbp.metrics import evaluate
+from jbp.train import TrainingDiverged, check_fit, fit
 
 TRAIN_DEFAULTS = {
     "hidden": ["relu"], "optimizer": "adam", "lr": 0.001, "l2": 0.0, "epochs": 40,
@@ -74,79 +75,108 @@ def add_parser(commands) -> None:
     )
     one_output = "; for one output, "
     net_options(
-        train, "layer widths, input first, e.g. 64,32,10 (default: the data's inputs, 128, its outputs; xor: 2,4,1)",
+        train.add_argument_group("network"),
+        "layer widths, input first, e.g. 64,32,10 (default: the data's inputs, 128, its outputs; xor: 2,4,1)",
         hidden="relu; xor: tanh", output=f"softmax{one_output}sigmoid",
         loss=f"softmax_cross_entropy{one_output}binary_cross_entropy",
     )
-    train.add_argument("--optimizer", type=options.choice("optimizer", optimizer_names()),
-                       help="any optax optimizer by name (default adam)")
-    train.add_argument("--lr", type=options.positive_float, help="learning rate, finite and > 0 (default 0.001; xor: 0.1)")
-    train.add_argument("--schedule", type=options.choice("schedule", SCHEDULES),
-                       help=f"learning-rate schedule from optax: {', '.join(SCHEDULES)} (default constant; fashion-mnist: cosine)")
-    train.add_argument("--warmup-epochs", type=options.non_negative_float, help="warm-up of warmup-cosine, in epochs (default 1)")
-    train.add_argument("--decay-rate", type=options.positive_float, help="factor per epoch of the exponential schedule (default 0.9)")
-    train.add_argument("--momentum", type=options.unit_interval, help="momentum of sgd, in [0, 1)")
-    train.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum (sgd)")
-    train.add_argument("--weight-decay", type=options.non_negative_float,
-                       help="weight decay on the weights (the optimizer's own where it has one, e.g. adamw) (default 0)")
-    train.add_argument("--clip-norm", type=options.positive_float, help="clip each step's gradient to this global norm")
-    train.add_argument("--patience", type=options.positive_int,
-                       help="early stopping: stop when the validation loss has not improved for this many epochs, "
-                            "and keep the best epoch's parameters")
-    train.add_argument("--dp-clip", type=options.positive_float, metavar="C",
-                       help="train with DP-SGD: clip every sample's gradient to this norm (Poisson batches of "
-                            "expected size --batch-size; defaults then sgd, lr 0.5, batch 64)")
-    train.add_argument("--dp-noise", type=options.non_negative_float, metavar="SIGMA",
-                       help="DP-SGD's noise multiplier σ: Gaussian noise σ·C on each clipped sum")
-    train.add_argument("--dp-epsilon", type=options.positive_float, metavar="EPSILON",
-                       help="choose σ so that the run's --epochs spend this ε (RDP accounting)")
-    train.add_argument("--dp-delta", type=options.open_unit_interval, metavar="DELTA",
-                       help="the δ of (ε, δ)-differential privacy, below 1/n for n training samples (default 1e-5)")
-    train.add_argument("--dp-reproducible", action="store_true", default=None,
-                       help="NOT PRIVATE, for experiments: draw DP-SGD's noise and batches from --seed (recorded "
-                            "in config.json) instead of the operating system's entropy, so that the run repeats "
-                            "bit for bit")
-    train.add_argument("--dp-train-metrics", action="store_true",
-                       help="record a private run's training-set loss, accuracy and batch sizes, which the privacy "
-                            "guarantee does not cover (by default a private run publishes none)")
-    train.add_argument("--rule", type=options.choice("feedback rule", KINDS),
-                       help="what carries the error back in BP2: backprop, fa (feedback alignment), dfa (direct "
-                            "feedback alignment), sign (sign symmetry), kp (Kolen-Pollack) (default backprop)")
-    train.add_argument("--compute-dtype", type=options.choice("compute dtype", ["bfloat16", "float16"]),
-                       help="mixed precision: the passes in bfloat16 or float16, the weights and the optimizer in float32")
-    train.add_argument("--epochs", type=options.positive_int, help="epochs in all, counting those of a resumed run (default 40; xor: 300)")
-    train.add_argument("--batch-size", type=options.positive_int, help="samples per step (default 32; xor: 4)")
-    train.add_argument("--drop-last", action="store_true", default=None, help="skip each epoch's last, smaller minibatch")
-    train.add_argument("--data", help=f"{', '.join(datasets.DATASETS)} (default digits)")
-    train.add_argument("--target", help="csv: the label column, a header name or an index from 0 (default: the last)")
-    train.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
-                       help="csv: whether the first row names the columns (default: guessed)")
-    train.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
-                       help="centre and scale every feature by the training part's statistics (default: on for digits, off otherwise)")
-    train.add_argument("--out", type=pathlib.Path, help="output folder, new or empty (default: a new runs/DATA-TIME)")
-    train.add_argument("--resume", type=pathlib.Path, metavar="DIR", help="continue the run saved in DIR")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal: one line per epoch")
-    train.add_argument("--max-bytes", type=options.size, metavar="SIZE",
-                       help="largest file or archive member read, e.g. 4G (default 2G, or $JBP_MAX_BYTES)")
-    train.add_argument("--eval-every", type=options.non_negative_int, metavar="K",
-                       help="measure the training and validation sets every K epochs and after the last; "
-                            "0 for never (default 1)")
-    train.add_argument("--no-train-eval", action="store_true",
-                       help="do not measure the training set after epochs (the validation set still is)")
-    parallel = train.add_argument_group("devices and processes (data parallel: every minibatch split over devices)")
-    parallel.add_argument("--devices", type=options.positive_int, metavar="N",
-                          help="the first N devices of this process (of each process, with --coordinator)")
-    parallel.add_argument("--coordinator", metavar="HOST:PORT",
-                          help="many processes: the address process 0 listens on (jax.distributed)")
-    parallel.add_argument("--num-processes", type=options.positive_int, metavar="N", help="how many processes in all")
-    parallel.add_argument("--process-id", type=options.non_negative_int, metavar="I",
-                          help="this process's number, 0 … N-1; process 0 writes the run folder")
-    parallel.add_argument("--coordinator-timeout", type=options.positive_float, default=60.0, metavar="SECONDS",
-                          help="give up when the processes have not all met within this time (default 60)")
+    _optimizer_options(train.add_argument_group("optimizer"))
+    _privacy_options(train.add_argument_group("private training (DP-SGD)"))
+    _gradient_options(train.add_argument_group("how the gradient is computed"))
+    _epoch_options(train.add_argument_group("epochs and minibatches"))
+    _data_options(train.add_argument_group("data"))
+    _run_options(train.add_argument_group("the run's folder and terminal"))
+    _parallel_options(train.add_argument_group("devices and processes (data parallel: every minibatch split over devices)"))
     train.set_defaults(run=train_command)
 
 
+def _optimizer_options(group) -> None:
+    group.add_argument("--optimizer", type=options.choice("optimizer", optimizer_names()),
+                       help="any optax optimizer by name (default adam)")
+    group.add_argument("--lr", type=options.positive_float, help="learning rate, finite and > 0 (default 0.001; xor: 0.1)")
+    group.add_argument("--schedule", type=options.choice("schedule", SCHEDULES),
+                       help=f"learning-rate schedule from optax: {', '.join(SCHEDULES)} (default constant; fashion-mnist: cosine)")
+    group.add_argument("--warmup-epochs", type=options.non_negative_float, help="warm-up of warmup-cosine, in epochs (default 1)")
+    group.add_argument("--decay-rate", type=options.positive_float, help="factor per epoch of the exponential schedule (default 0.9)")
+    group.add_argument("--momentum", type=options.unit_interval, help="momentum of sgd, in [0, 1)")
+    group.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum (sgd)")
+    group.add_argument("--weight-decay", type=options.non_negative_float,
+                       help="weight decay on the weights (the optimizer's own where it has one, e.g. adamw) (default 0)")
+    group.add_argument("--clip-norm", type=options.positive_float, help="clip each step's gradient to this global norm")
+    group.add_argument("--patience", type=options.positive_int,
+                       help="early stopping: stop when the validation loss has not improved for this many epochs, "
+                            "and keep the best epoch's parameters")
+
+
+def _privacy_options(group) -> None:
+    group.add_argument("--dp-clip", type=options.positive_float, metavar="C",
+                       help="train with DP-SGD: clip every sample's gradient to this norm (Poisson batches of "
+                            "expected size --batch-size; defaults then sgd, lr 0.5, batch 64)")
+    group.add_argument("--dp-noise", type=options.non_negative_float, metavar="SIGMA",
+                       help="DP-SGD's noise multiplier σ: Gaussian noise σ·C on each clipped sum")
+    group.add_argument("--dp-epsilon", type=options.positive_float, metavar="EPSILON",
+                       help="choose σ so that the run's --epochs spend this ε (RDP accounting)")
+    group.add_argument("--dp-delta", type=options.open_unit_interval, metavar="DELTA",
+                       help="the δ of (ε, δ)-differential privacy, below 1/n for n training samples (default 1e-5)")
+    group.add_argument("--dp-reproducible", action="store_true", default=None,
+                       help="NOT PRIVATE, for experiments: draw DP-SGD's noise and batches from --seed (recorded "
+                            "in config.json) instead of the operating system's entropy, so that the run repeats "
+                            "bit for bit")
+    group.add_argument("--dp-train-metrics", action="store_true",
+                       help="record a private run's training-set loss, accuracy and batch sizes, which the privacy "
+                            "guarantee does not cover (by default a private run publishes none)")
+
+
+def _gradient_options(group) -> None:
+    group.add_argument("--rule", type=options.choice("feedback rule", KINDS),
+                       help="what carries the error back in BP2: backprop, fa (feedback alignment), dfa (direct "
+                            "feedback alignment), sign (sign symmetry), kp (Kolen-Pollack) (default backprop)")
+    group.add_argument("--compute-dtype", type=options.choice("compute dtype", ["bfloat16", "float16"]),
+                       help="mixed precision: the passes in bfloat16 or float16, the weights and the optimizer in float32")
+
+
+def _epoch_options(group) -> None:
+    group.add_argument("--epochs", type=options.positive_int, help="epochs in all, counting those of a resumed run (default 40; xor: 300)")
+    group.add_argument("--batch-size", type=options.positive_int, help="samples per step (default 32; xor: 4)")
+    group.add_argument("--drop-last", action="store_true", default=None, help="skip each epoch's last, smaller minibatch")
+    group.add_argument("--eval-every", type=options.non_negative_int, metavar="K",
+                       help="measure the training and validation sets every K epochs and after the last; "
+                            "0 for never (default 1)")
+    group.add_argument("--no-train-eval", action="store_true",
+                       help="do not measure the training set after epochs (the validation set still is)")
+
+
+def _data_options(group) -> None:
+    group.add_argument("--data", help=f"{', '.join(datasets.DATASETS)} (default digits)")
+    group.add_argument("--target", help="csv: the label column, a header name or an index from 0 (default: the last)")
+    group.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                       help="csv: whether the first row names the columns (default: guessed)")
+    group.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                       help="centre and scale every feature by the training part's statistics (default: on for digits, off otherwise)")
+    group.add_argument("--max-bytes", type=options.size, metavar="SIZE",
+                       help="largest file or archive member read, e.g. 4G (default 2G, or $JBP_MAX_BYTES)")
+
+
+def _run_options(group) -> None:
+    group.add_argument("--out", type=pathlib.Path, help="output folder, new or empty (default: a new runs/DATA-TIME)")
+    group.add_argument("--resume", type=pathlib.Path, metavar="DIR", help="continue the run saved in DIR")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal: one line per epoch")
+
+
+def _parallel_options(group) -> None:
+    group.add_argument("--devices", type=options.positive_int, metavar="N",
+                       help="the first N devices of this process (of each process, with --coordinator)")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="many processes: the address process 0 listens on (jax.distributed)")
+    group.add_argument("--num-processes", type=options.positive_int, metavar="N", help="how many processes in all")
+    group.add_argument("--process-id", type=options.non_negative_int, metavar="I",
+                       help="this process's number, 0 … N-1; process 0 writes the run folder")
+    group.add_argument("--coordinator-timeout", type=options.positive_float, default=60.0, metavar="SECONDS",
+                       help="give up when the processes have not all met within this time (default 60)")
+
+
 def net_options(parser: argparse.ArgumentParser, sizes_help: str, hidden: str, output: str, loss: str) -> None:
+    """The options that describe a network (``jbp train``, ``jbp gradcheck``), on a parser or an argument group."""
     parser.add_argument("--sizes", type=options.sizes, help=sizes_help)
     parser.add_argument(
         "--hidden", type=options.activations,
@@ -222,14 +252,6 @@ def _train_config(args, dataset) -> dict:
     return check_config(config, "the options")
 
 
-def write_json(path: pathlib.Path, value) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(value, indent=2, allow_nan=False) + "\n").encode()))
-
-
-def _write_metrics(path: pathlib.Path, history: Sequence[dict]) -> None:
-    atomic_write(path, lambda f: f.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in history).encode()))
-
-
 def _plot(path: pathlib.Path, history: Sequence[dict], title: str) -> "str | None":
     try:
         import matplotlib
@@ -297,11 +319,7 @@ def _resume(folder: RunFolder, args, given: set) -> dict:
 
 def _load_state(folder: RunFolder, config: dict, built, limit) -> ckpt.Checkpoint:
     """The checkpoint of the run to continue, checked against its configuration."""
-    template = built.init()
-    state = ckpt.load(folder / "checkpoint.ckpt", params_like=template,
-                      opt_state_like=built.training_optimizer.init(template), limit=limit,
-                      extras_like=built.extras_like(template, config["patience"]))
-    check_against_checkpoint(config, state.config, folder / "config.json", folder / "checkpoint.ckpt")
+    state = load_checkpoint(folder.path, config, built, limit)
     if state.epoch >= config["epochs"]:
         raise ValueError(f"the run in {folder.path} has done {state.epoch} epochs already; ask for more with --epochs")
     if config["patience"] is not None and state.history:
@@ -492,82 +510,118 @@ def _privacy_summary(config: dict, spent: "float | None", warnings: list) -> dic
 def _train(folder, config, dataset, built, run, args, writer=True) -> int:
     """The run itself, in a folder this process holds: ``run`` is :func:`_fit_call`'s, checked already.
     With many processes only process 0 (the ``writer``) writes or prints; the others train beside it."""
-    out = folder.path
-    params, key, history = run.args[1], run.keywords["key"], run.keywords["history"]
-    best, feedback = run.keywords.get("best_params"), run.keywords.get("feedback")
     if not writer:
         run()
         return 0
     folder.clean_temporaries()
-    write_json(out / "config.json", config)
-    dataset.preprocessing.save(out / "preprocessing.json")
-    _write_metrics(out / "metrics.jsonl", history)  # the checkpoint is the record of what was done
-
-    done = list(history)
-    last = {"params": params, "best": best, "feedback": feedback}
+    folder.write_config(config)
+    folder.write_preprocessing(dataset.preprocessing)
+    folder.write_metrics(run.keywords["history"])  # the checkpoint is the record of what was done
     progress = not args.no_progress and sys.stderr.isatty() and _has_tqdm()
-    private, secure = built.privacy is not None, built.privacy is not None and built.privacy.secure
-    warnings = _dp_warnings(config, history, run.keywords["train_metrics"])
+    warnings = _dp_warnings(config, run.keywords["history"], run.keywords["train_metrics"])
     for warning in warnings:
         print(f"jbp: warning: {warning}", file=sys.stderr)
-    saved_key = placeholder_key(key) if secure else key  # a secure run writes none of its keys
+    epochs = _Epochs(folder, config, run, built.privacy is not None and built.privacy.secure, progress)
+    try:
+        result = run(on_epoch=epochs.save, progress=progress)
+    except (TrainingDiverged, KeyboardInterrupt, OSError) as err:
+        return _stopped(err, epochs, built.privacy is not None, warnings)
+    _finish(folder, config, dataset, built, run, result, epochs.done, warnings)
+    return 0
 
-    def on_epoch(record, params, opt_state, feedback=None):
-        if config["patience"] is not None and record["best_epoch"] == record["epoch"]:
-            last["best"] = params
-        extras = {"best_params": last["best"]} if config["patience"] is not None else {}
+
+class _Epochs:
+    """The epochs a run has finished, each saved as it ends: its checkpoint, its line in
+    ``metrics.jsonl`` and, without a progress bar, on the terminal."""
+
+    def __init__(self, folder: RunFolder, config: dict, run, secure: bool, progress: bool):
+        self.folder, self.config, self.secure, self.progress = folder, config, secure, progress
+        self.done = list(run.keywords["history"])
+        self.params, self.best = run.args[1], run.keywords.get("best_params")
+        key = run.keywords["key"]
+        self.key = placeholder_key(key) if secure else key  # a secure run writes none of its keys
+
+    def save(self, record: dict, params, opt_state, feedback=None) -> None:
+        """``on_epoch`` of :func:`jbp.fit`."""
+        patience = self.config["patience"]
+        if patience is not None and record["best_epoch"] == record["epoch"]:
+            self.best = params
+        extras = {"best_params": self.best} if patience is not None else {}
         if feedback is not None:
             extras["feedback"] = feedback.matrices
-        ckpt.save(out / "checkpoint.ckpt", params=params, opt_state=public_state(opt_state) if secure else opt_state,
-                  epoch=record["epoch"], key=saved_key, config=config, history=done + [record], extras=extras or None)
-        done.append(record)
-        last["params"] = params
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record, allow_nan=False) + "\n")
-        if not progress:
-            print(epoch_line(record, config["epochs"]), flush=True)
+        self.folder.write_checkpoint(params=params, opt_state=public_state(opt_state) if self.secure else opt_state,
+                                     epoch=record["epoch"], key=self.key, config=self.config,
+                                     history=self.done + [record], extras=extras or None)
+        self.done.append(record)
+        self.params = params
+        self.folder.append_metrics(record)
+        if not self.progress:
+            print(epoch_line(record, self.config["epochs"]), flush=True)
 
-    def kept() -> str:
-        return (f"the checkpoint of epoch {done[-1]['epoch']}, the last finished, is kept in {out}"
-                if done else "no epoch finished, so there is no checkpoint to continue from")
+    def kept(self) -> str:
+        """What a stopped run leaves to continue from, in words."""
+        return (f"the checkpoint of epoch {self.done[-1]['epoch']}, the last finished, is kept in {self.folder.path}"
+                if self.done else "no epoch finished, so there is no checkpoint to continue from")
 
-    def stopped(steps: int, spent: "float | None") -> str:
-        """A private run that stops writes the ε of the steps behind the parameters it keeps."""
-        if not private:
-            return ""
-        summary = {"incomplete": True, "epochs": done[-1]["epoch"] if done else 0, "steps": steps,
-                   **_privacy_summary(config, spent, warnings)}
-        write_json(out / "summary.json", summary)
-        return f"; their ε is in {out / 'summary.json'} (incomplete)"
 
-    try:
-        result = run(on_epoch=on_epoch, progress=progress)
-    except TrainingDiverged as err:
-        ckpt.save_params(out / "params.npz", err.params)
-        note = stopped(err.steps, err.epsilon)
-        return fail(f"{err}; they are saved in {out / 'params.npz'}{note}, and {kept()}", status=1)
-    except KeyboardInterrupt:
-        if done:
-            ckpt.save_params(out / "params.npz", last["params"])
-            spent = done[-1].get("epsilon")
-            note = stopped(done[-1]["epoch"] * config["steps_per_epoch"], spent)
-            if spent is not None:
-                note = f" (they spent ε = {spent:.4g} at δ = {config['dp_delta']:g}){note}"
-            return fail(f"interrupted; {kept()}, its parameters in {out / 'params.npz'}{note}: "
-                        f"continue with jbp train --resume {out}", status=130)
-        return fail(f"interrupted; {kept()}", status=130)
-    except OSError as err:
-        what = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-        return fail(f"{what} ({err.filename or out}); {kept()}", status=1)
+def _stopped(err: BaseException, epochs: _Epochs, private: bool, warnings: list) -> int:
+    """A run that ``err`` stopped: what can be kept is written (the parameters, a private run's ε),
+    and the message says what and where; returns the exit status."""
+    folder, config, done = epochs.folder, epochs.config, epochs.done
+    out = folder.path
+    if isinstance(err, TrainingDiverged):
+        saved = folder.write_params(err.params)
+        note = _incomplete(folder, config, done, err.steps, err.epsilon, private, warnings)
+        return fail(f"{err}; they are saved in {saved}{note}, and {epochs.kept()}", status=1)
+    if isinstance(err, KeyboardInterrupt):
+        if not done:
+            return fail(f"interrupted; {epochs.kept()}", status=130)
+        saved = folder.write_params(epochs.params)
+        spent = done[-1].get("epsilon")
+        note = _incomplete(folder, config, done, done[-1]["epoch"] * config["steps_per_epoch"], spent, private, warnings)
+        if spent is not None:
+            note = f" (they spent ε = {spent:.4g} at δ = {config['dp_delta']:g}){note}"
+        return fail(f"interrupted; {epochs.kept()}, its parameters in {saved}{note}: "
+                    f"continue with jbp train --resume {out}", status=130)
+    what = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return fail(f"{what} ({err.filename or out}); {epochs.kept()}", status=1)
 
+
+def _incomplete(folder: RunFolder, config: dict, done: list, steps: int, spent: "float | None", private: bool,
+                warnings: list) -> str:
+    """A private run that stops writes the ε of the steps behind the parameters it keeps (an
+    incomplete summary.json); returns what the message adds about it."""
+    if not private:
+        return ""
+    summary = {"incomplete": True, "epochs": done[-1]["epoch"] if done else 0, "steps": steps,
+               **_privacy_summary(config, spent, warnings)}
+    path = folder.write_summary(summary)
+    return f"; their ε is in {path} (incomplete)"
+
+
+def _finish(folder: RunFolder, config: dict, dataset, built, run, result, done: list, warnings: list) -> None:
+    """A run that ended: its parameters, summary and plot written, and what it reached said."""
     final = jax.device_get(result.params)  # on this process, whatever devices trained it
-    ckpt.save_params(out / "params.npz", final)
+    folder.write_params(final)
+    summary = _summary(config, dataset, built, final, result, run.keywords["train_metrics"], warnings)
+    folder.write_summary(summary)
+    note = _plot(folder / "plot.png", result.history, f"{config['data']}: {'-'.join(map(str, config['sizes']))}, "
+                 f"{config['optimizer']} lr {config['lr']}")
+    _report(folder.path, config, summary, result, built.privacy, _publishes_statistics(done, run.keywords["train_metrics"]))
+    if note:
+        print(note, file=sys.stderr)
+
+
+def _summary(config: dict, dataset, built, final, result, train_metrics: bool, warnings: list) -> dict:
+    """What summary.json holds: the epochs, the best epoch, a private run's ε, and the metrics of
+    each part measured with the final parameters (a part that cannot be measured: its error)."""
+    private = built.privacy is not None
     summary = {"epochs": result.history[-1]["epoch"]}
     if result.best_epoch is not None:
         summary["best_epoch"] = result.best_epoch
     if private:  # the ε fit accounted over every step behind the parameters: its last record's, no second figure
         summary.update(_privacy_summary(config, result.history[-1].get("epsilon"), warnings))
-    published = not private or run.keywords["train_metrics"]  # a private run's training part only when asked for
+    published = not private or train_metrics  # a private run's training part only when asked for
     for name, split in (("train", dataset.train), ("validation", dataset.validation), ("test", dataset.test)):
         if len(split.X) and (name != "train" or published):
             try:
@@ -575,23 +629,22 @@ def _train(folder, config, dataset, built, run, args, writer=True) -> int:
             except FloatingPointError as err:  # the summary (and a private run's ε) is written all the same
                 summary[f"{name}_error"] = " ".join(str(err).split())
                 print(f"jbp: warning: the {name} part could not be measured: {summary[f'{name}_error']}", file=sys.stderr)
-    write_json(out / "summary.json", summary)
-    note = _plot(out / "plot.png", result.history, f"{config['data']}: {'-'.join(map(str, config['sizes']))}, "
-                 f"{config['optimizer']} lr {config['lr']}")
+    return summary
+
+
+def _report(out: pathlib.Path, config: dict, summary: dict, result, privacy, statistics: bool) -> None:
+    """The lines a finished run prints: how it stopped, its test metrics, a private run's ε, where it is."""
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("test_") and k != "test_error")
     if result.stopped_early:
         print(f"stopped early after epoch {summary['epochs']}: the validation loss last improved at epoch "
               f"{result.best_epoch}, whose parameters are kept")
     elif result.best_epoch is not None:
         print(f"the best epoch by validation loss was {result.best_epoch}; its parameters are kept")
-    if private:
+    if privacy is not None:
         spent = "∞ (no noise)" if summary["epsilon"] is None else f"{summary['epsilon']:.3g}"
-        shown += f"; {'private: ' if secure else ''}ε = {spent} at δ = {config['dp_delta']:g}"
+        shown += f"; {'private: ' if privacy.secure else ''}ε = {spent} at δ = {config['dp_delta']:g}"
         if config["dp_reproducible"]:
             shown += f"; not private: the noise is drawn from --seed {config['seed']}"
-        if _publishes_statistics(done, run.keywords["train_metrics"]):
+        if statistics:
             shown += "; training statistics recorded, outside the guarantee"
     print(f"{summary['epochs']} epochs: {shown}; saved in {out}")
-    if note:
-        print(note, file=sys.stderr)
-    return 0

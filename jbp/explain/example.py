@@ -28,12 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp import losses as _losses
-from jbp import network as _network
 from jbp.activations import Activation
 from jbp.batch import cost
 from jbp.feedback import carry
 from jbp.losses import Loss, get_loss
-from jbp.network import MLP, Dense, backward, forward
+from jbp.layers.dense import DenseLayer
+from jbp.network import MLP, Dense, _forward, backpropagate, backward, forward
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 """The folder that holds the ``jbp`` package: source paths are shown relative to it."""
@@ -274,7 +274,26 @@ def worked_example(
       >>> e.steps[1].quantities[0].equation, float(e.steps[1].quantities[0].value[0])
       ('z^1 = W^1 a^0 + b^1', 1.5)
     """
+    if not isinstance(net, MLP):
+        raise TypeError(f"the worked example is written for dense networks (jbp.mlp, or jbp.network of dense layers "
+                        f"alone); got {net!r}")
     loss = get_loss(loss)
+    params, y, explanation = _passes(net, params, x, y, loss, learning_rate, update_biases)
+    steps = [_start_step(net, params, explanation, y)]
+    steps += _forward_steps(net, explanation)
+    steps.append(_cost_step(net, loss, explanation, y))
+    steps.append(_bp1_step(net, loss, explanation, y))
+    steps += _bp2_steps(net, params, explanation)
+    steps += _gradient_steps(net, explanation)
+    steps += _update_steps(explanation, learning_rate, update_biases)
+    return Example(net, loss, params, explanation.activations[0], y, learning_rate, update_biases, explanation,
+                   tuple(steps), title)
+
+
+def _passes(net: MLP, params: Sequence[Dense], x, y, loss: Loss, learning_rate: "float | None",
+            update_biases: bool) -> tuple[tuple[Dense, ...], np.ndarray, Explanation]:
+    """jbp's forward pass, BP1–BP4, the cost and (given ``η``) the update, for one sample:
+    the parameters and the target as numpy arrays, and every number as an :class:`Explanation`."""
     trace = forward(net, params, x)
     grads, deltas = backward(net, params, trace, y, loss)
     a0 = np.asarray(trace.activations[0])
@@ -289,31 +308,44 @@ def worked_example(
                   b=gradient_step(layer.b, g.b, learning_rate) if update_biases else layer.b)
             for layer, g in zip(params, grads)
         )
-    explanation = Explanation(zs, activations, C, deltas, grads, updated)
+    return params, y, Explanation(zs, activations, C, deltas, grads, updated)
 
-    L = net.depth
-    output = net.activations[-1]
-    Q = Quantity
-    steps = [Step(
+
+def _start_step(net: MLP, params: tuple[Dense, ...], e: Explanation, y: np.ndarray) -> Step:
+    """The sample, its target and every layer's parameters."""
+    L, Q = net.depth, Quantity
+    return Step(
         "start", 0, "The sample and the parameters", "a^0 = x",
-        (Q("x", "a^0 = x", activations[0], "x", 0), Q("y", "y", y, "y", L))
+        (Q("x", "a^0 = x", e.activations[0], "x", 0), Q("y", "y", y, "y", L))
         + tuple(q for l, layer in enumerate(params, 1)
                 for q in (Q(f"W^{l}", f"W^{l}", layer.W, "W", l), Q(f"b^{l}", f"b^{l}", layer.b, "b", l))),
         (),
         "W^l has one row per neuron of layer l and one column per neuron of layer l-1: "
         "W^l_jk is the weight from neuron k to neuron j.",
-    )]
+    )
 
-    forward_z = source(_network._forward, "z = ")
-    forward_a = source(_network._forward, "sigma.fn(z)")
+
+def _forward_steps(net: MLP, e: Explanation) -> list[Step]:
+    """Each layer's ``z^l`` and ``a^l``, first layer first."""
+    Q = Quantity
+    forward_z = source(DenseLayer.transform, "return x @ params.W.T + params.b")
+    forward_a = source(_forward, "activations.append(layer.activation.fn(z))")
+    steps = []
     for l, sigma in enumerate(net.activations, 1):
         steps.append(Step(
             "forward", l, f"Forward pass, layer {l}", "z^l = W^l a^{l-1} + b^l,  a^l = σ(z^l)",
-            (Q(f"z^{l}", f"z^{l} = W^{l} a^{l - 1} + b^{l}", zs[l - 1], "z", l),
-             Q(f"a^{l}", f"a^{l} = {sigma.name}(z^{l})", activations[l], "a", l)),
+            (Q(f"z^{l}", f"z^{l} = W^{l} a^{l - 1} + b^{l}", e.zs[l - 1], "z", l),
+             Q(f"a^{l}", f"a^{l} = {sigma.name}(z^{l})", e.activations[l], "a", l)),
             _sources(forward_z, forward_a, *(_sources(source(sigma.fn)) or _sources(definition(sigma)))),
         ))
+    return steps
 
+
+def _cost_step(net: MLP, loss: Loss, e: Explanation, y: np.ndarray) -> Step:
+    """``C`` (and its terms ``C_k`` where they add up), with the line that computed it: from ``z^L``
+    for the canonical and stable pairs, from ``a^L`` otherwise."""
+    L, Q = net.depth, Quantity
+    output = net.activations[-1]
     canonical = output == loss.canonical
     stable = next((s for s in loss.stable if s[0] == output), None)
     if canonical:
@@ -322,25 +354,35 @@ def worked_example(
         cost_line, cost_fn = "return cost_from_z(z, y)", stable[1]
     else:
         cost_line, cost_fn = "return loss.fn(a, y)", loss.fn
-    cost_quantities = (Q("C", f"C = {loss.name}(a^{L}, y)", np.asarray(C), "cost", L),)
-    terms = _cost_terms(loss, activations[-1], y, C)
+    cost_quantities = (Q("C", f"C = {loss.name}(a^{L}, y)", np.asarray(e.cost), "cost", L),)
+    terms = _cost_terms(loss, e.activations[-1], y, e.cost)
     if terms is not None:
         cost_quantities += (Q("C_k", f"C_k = {loss.name}(a^{L}_k, y_k)", terms, "cost_terms", L),)
-    steps.append(Step(
+    return Step(
         "cost", L, "The cost", "C = C(a^L, y)", cost_quantities,
         _sources(source(_losses.output_cost, cost_line), source(cost_fn, name=f"{loss.name} (C)")),
         f"computed from z^{L}, which keeps it finite when the output saturates" if (canonical or stable) else "",
-    ))
+    )
 
-    def sigma_prime(l: int) -> "Quantity | None":
-        sigma = net.activations[l - 1]
-        if not is_elementwise(sigma):
-            return None
-        z, a = jnp.asarray(zs[l - 1]), jnp.asarray(activations[l])
-        value = np.asarray(sigma.backward(z, a, jnp.ones_like(z)))
-        return Q(f"σ'(z^{l})", f"σ'(z^{l}) = {sigma.name}'(z^{l})", value, "sigma_prime", l)
 
-    delta_L = deltas[-1]
+def _sigma_prime(net: MLP, e: Explanation, l: int) -> "Quantity | None":
+    """``σ'(z^l)``: layer ``l``'s backward step applied to ones, for an elementwise activation
+    (``None`` for another)."""
+    sigma = net.activations[l - 1]
+    if not is_elementwise(sigma):
+        return None
+    z, a = jnp.asarray(e.zs[l - 1]), jnp.asarray(e.activations[l])
+    value = np.asarray(sigma.backward(z, a, jnp.ones_like(z)))
+    return Quantity(f"σ'(z^{l})", f"σ'(z^{l}) = {sigma.name}'(z^{l})", value, "sigma_prime", l)
+
+
+def _bp1_step(net: MLP, loss: Loss, e: Explanation, y: np.ndarray) -> Step:
+    """BP1, ``δ^L``: ``a^L - y`` for a canonical pair, else ``∇_a C ⊙ σ'(z^L)`` with its factors."""
+    L, Q = net.depth, Quantity
+    output = net.activations[-1]
+    canonical = output == loss.canonical
+    stable = next((s for s in loss.stable if s[0] == output), None)
+    delta_L = e.deltas[-1]
     if canonical:
         bp1 = (Q(f"δ^{L}", f"BP1  δ^{L} = a^{L} - y  ({output.name} with {loss.name}: σ' cancels)",
                  delta_L, "delta", L),)
@@ -350,10 +392,10 @@ def worked_example(
                 f"and δ^{L} = a^{L} - y, with no 0/0 when the output saturates.")
         law = "δ^L = ∇_a C ⊙ σ'(z^L) = a^L - y"
     else:
-        grad_a = np.asarray(loss.grad(jnp.asarray(activations[-1]), jnp.asarray(y)))
+        grad_a = np.asarray(loss.grad(jnp.asarray(e.activations[-1]), jnp.asarray(y)))
         bp1 = tuple(q for q in (
             Q("∇_a C", f"∇_a C = ∇_a {loss.name}(a^{L}, y)", grad_a, "grad_a", L),
-            sigma_prime(L),
+            _sigma_prime(net, e, L),
             Q(f"δ^{L}", f"BP1  δ^{L} = ∇_a C ⊙ σ'(z^{L})", delta_L, "delta", L),
         ) if q is not None)
         if stable:
@@ -366,17 +408,24 @@ def worked_example(
         if stable:
             note += f" Computed from z^{L} in a rearranged form that keeps its precision."
         law = "δ^L = ∇_a C ⊙ σ'(z^L)"
-    steps.append(Step("BP1", L, "BP1: the error at the output", law, bp1, bp1_sources, note.strip()))
+    return Step("BP1", L, "BP1: the error at the output", law, bp1, bp1_sources, note.strip())
 
-    bp2_line = source(_network.backpropagate, "delta = sigma.backward(")
-    carry_line = source(carry, "return delta_above @ W_above")
-    for l in reversed(range(1, L)):
+
+def _bp2_steps(net: MLP, params: tuple[Dense, ...], e: Explanation) -> list[Step]:
+    """BP2, each hidden ``δ^l`` from the layer above, last hidden layer first."""
+    Q = Quantity
+    bp2_line = source(backpropagate, "delta = net.layers[l - 1].activation.backward(")
+    carry_line = source(DenseLayer.carry, "return delta @ params.W")
+    steps = []
+    for l in reversed(range(1, net.depth)):
         sigma = net.activations[l - 1]
-        carried = np.asarray(carry(None, l, jnp.asarray(params[l].W), jnp.asarray(deltas[l]), jnp.asarray(delta_L)))
+        layer = jax.tree.map(jnp.asarray, params[l])
+        carried = np.asarray(carry(None, l, net.layers[l], layer, jnp.asarray(e.activations[l]),
+                                   jnp.asarray(e.deltas[l]), jnp.asarray(e.deltas[-1])))
         quantities = tuple(q for q in (
             Q(f"(W^{l + 1})^T δ^{l + 1}", f"(W^{l + 1})^T δ^{l + 1}", carried, "carried", l),
-            sigma_prime(l),
-            Q(f"δ^{l}", f"BP2  δ^{l} = ((W^{l + 1})^T δ^{l + 1}) ⊙ σ'(z^{l})", deltas[l - 1], "delta", l),
+            _sigma_prime(net, e, l),
+            Q(f"δ^{l}", f"BP2  δ^{l} = ((W^{l + 1})^T δ^{l + 1}) ⊙ σ'(z^{l})", e.deltas[l - 1], "delta", l),
         ) if q is not None)
         note = "" if is_elementwise(sigma) else (
             f"{sigma.name} is not elementwise: ⊙ σ'(z^{l}) is its Jacobian-transpose product.")
@@ -384,26 +433,36 @@ def worked_example(
             "BP2", l, f"BP2: the error of layer {l}", "δ^l = ((W^{l+1})^T δ^{l+1}) ⊙ σ'(z^l)", quantities,
             _sources(bp2_line, carry_line, activation_source(sigma)), note,
         ))
+    return steps
 
-    bp34_line = source(_network._backward, "Dense(W=")
-    for l in reversed(range(1, L + 1)):
+
+def _gradient_steps(net: MLP, e: Explanation) -> list[Step]:
+    """BP3 and BP4, each layer's ``∂C/∂b^l`` and ``∂C/∂W^l``, last layer first."""
+    Q = Quantity
+    bp34_line = source(DenseLayer.grads, "return Dense(W=jnp.outer(delta, x), b=delta)")
+    return [Step(
+        "BP3/BP4", l, f"BP3 and BP4: the gradients of layer {l}", "∂C/∂b^l = δ^l,  ∂C/∂W^l = δ^l (a^{l-1})^T",
+        (Q(f"∂C/∂b^{l}", f"BP3  ∂C/∂b^{l} = δ^{l}", e.grads[l - 1].b, "grad_b", l),
+         Q(f"∂C/∂W^{l}", f"BP4  ∂C/∂W^{l} = δ^{l} (a^{l - 1})^T", e.grads[l - 1].W, "grad_W", l)),
+        _sources(bp34_line),
+    ) for l in reversed(range(1, net.depth + 1))]
+
+
+def _update_steps(e: Explanation, learning_rate: "float | None", update_biases: bool) -> list[Step]:
+    """Each layer after one step of gradient descent, first layer first (none without ``η``)."""
+    if e.updated is None:
+        return []
+    Q = Quantity
+    update_line = source(gradient_step, "return")
+    steps = []
+    for l, layer in enumerate(e.updated, 1):
+        quantities = (Q(f"W^{l}⁺", f"W^{l}⁺ = W^{l} - η ∂C/∂W^{l}", layer.W, "W_new", l),)
+        if update_biases:
+            quantities += (Q(f"b^{l}⁺", f"b^{l}⁺ = b^{l} - η ∂C/∂b^{l}", layer.b, "b_new", l),)
         steps.append(Step(
-            "BP3/BP4", l, f"BP3 and BP4: the gradients of layer {l}", "∂C/∂b^l = δ^l,  ∂C/∂W^l = δ^l (a^{l-1})^T",
-            (Q(f"∂C/∂b^{l}", f"BP3  ∂C/∂b^{l} = δ^{l}", grads[l - 1].b, "grad_b", l),
-             Q(f"∂C/∂W^{l}", f"BP4  ∂C/∂W^{l} = δ^{l} (a^{l - 1})^T", grads[l - 1].W, "grad_W", l)),
-            _sources(bp34_line),
+            "update", l, f"Gradient descent: layer {l} updated, η = {learning_rate:g}",
+            "W^l ← W^l - η ∂C/∂W^l,  b^l ← b^l - η ∂C/∂b^l" if update_biases else "W^l ← W^l - η ∂C/∂W^l",
+            quantities, _sources(update_line),
+            "" if update_biases else "The biases are kept, as in Mazur's article.",
         ))
-
-    if updated is not None:
-        update_line = source(gradient_step, "return")
-        for l, layer in enumerate(updated, 1):
-            quantities = (Q(f"W^{l}⁺", f"W^{l}⁺ = W^{l} - η ∂C/∂W^{l}", layer.W, "W_new", l),)
-            if update_biases:
-                quantities += (Q(f"b^{l}⁺", f"b^{l}⁺ = b^{l} - η ∂C/∂b^{l}", layer.b, "b_new", l),)
-            steps.append(Step(
-                "update", l, f"Gradient descent: layer {l} updated, η = {learning_rate:g}",
-                "W^l ← W^l - η ∂C/∂W^l,  b^l ← b^l - η ∂C/∂b^l" if update_biases else "W^l ← W^l - η ∂C/∂W^l",
-                quantities, _sources(update_line),
-                "" if update_biases else "The biases are kept, as in Mazur's article.",
-            ))
-    return Example(net, loss, params, activations[0], y, learning_rate, update_biases, explanation, tuple(steps), title)
+    return steps

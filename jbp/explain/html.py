@@ -21,6 +21,7 @@ import html
 import math
 import os
 import pathlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -409,91 +410,142 @@ def _text(x: float, y: float, content: str, cls: str, from_step: int, until: "in
     return f'<text class="{cls}{classes}"{attrs} {where} text-anchor="{anchor}">{content}</text>'
 
 
+_DX, _DY, _RADIUS, _LEFT, _TOP = 300.0, 150.0, 28.0, 90.0, 80.0
+"""The drawing's layout: the distance between layers and between neurons, a neuron's radius, and the
+margins left and above."""
+
+
+class _Moments(NamedTuple):
+    """The steps from which the drawing shows each layer's numbers (``None`` where none does), by layer
+    ``l`` (index 0 unused): its ``z`` and ``a``, its ``δ``, its gradients, its update; and the cost's."""
+
+    forward: list
+    delta: list
+    gradients: list
+    update: list
+    cost: "int | None"
+
+
+def _moments(example: Example) -> _Moments:
+    L = example.net.depth
+    return _Moments(
+        forward=[None] + [example.step_index("forward", l) for l in range(1, L + 1)],
+        delta=[None] + [example.step_index("BP2", l) for l in range(1, L)] + [example.step_index("BP1")],
+        gradients=[None] + [example.step_index("BP3/BP4", l) for l in range(1, L + 1)],
+        update=[None] + [example.step_index("update", l) for l in range(1, L + 1)],
+        cost=example.step_index("cost"),
+    )
+
+
+def _at(sizes, l: int, j: int) -> tuple[float, float]:
+    """Where neuron ``j`` of layer ``l`` is drawn: the layers side by side, each centred vertically."""
+    return _LEFT + l * _DX, _TOP + ((max(sizes) - sizes[l]) / 2 + j + 0.5) * _DY
+
+
+def _layer_names(example: Example) -> list[str]:
+    """Each layer's name and activation, above it."""
+    sizes, L = example.net.sizes, example.net.depth
+    parts = []
+    for l, n in enumerate(sizes):
+        x, _ = _at(sizes, l, 0)
+        name = "input" if l == 0 else (f"output · {example.net.activations[-1].name}" if l == L
+                                       else f"layer {l} · {example.net.activations[l - 1].name}")
+        parts.append(f'<text class="layer-name" x="{x:.1f}" y="32" text-anchor="middle">{_esc(name)}</text>')
+    return parts
+
+
+def _edges(example: Example, moments: _Moments) -> list[str]:
+    """Every edge, from neuron ``k`` of layer ``l-1`` to neuron ``j`` of layer ``l``: a line, its
+    gradient's line (coloured by sign, as wide as its size) and, between small layers, its numbers."""
+    sizes, e = example.net.sizes, example.explanation
+    grad_max = max(float(np.max(np.abs(g.W))) for g in e.grads) or 1.0
+    parts = []
+    for l in range(1, example.net.depth + 1):
+        G = e.grads[l - 1].W
+        labelled = sizes[l - 1] * sizes[l] <= MAX_EDGE_LABELS
+        for j in range(sizes[l]):
+            for k in range(sizes[l - 1]):
+                (x0, y0), (x1, y1) = _at(sizes, l - 1, k), _at(sizes, l, j)
+                length = math.hypot(x1 - x0, y1 - y0)
+                ux, uy = (x1 - x0) / length, (y1 - y0) / length
+                ends = (x0 + _RADIUS * ux, y0 + _RADIUS * uy, x1 - _RADIUS * ux, y1 - _RADIUS * uy)
+                line = 'x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}"'.format(*ends)
+                name = f"{neuron_name(example, l - 1, k)} → {neuron_name(example, l, j)}"
+                parts.append(f'<line class="edge e{l}" {line}><title>{_esc(name)}</title></line>')
+                g = float(G[j, k])
+                classes, attrs = _timed(moments.gradients[l])
+                sign = "positive" if g >= 0 else "negative"
+                parts.append(f'<line class="gradient-edge e{l} {sign}{classes}"{attrs} {line} '
+                             f'stroke-width="{1 + 6 * abs(g) / grad_max:.2f}"><title>{_esc(name)}: ∂C/∂w = '
+                             f'{_esc(number(g))}</title></line>')
+                if labelled:
+                    parts += _edge_labels(example, moments, l, j, k, ends)
+    return parts
+
+
+def _edge_labels(example: Example, moments: _Moments, l: int, j: int, k: int, ends: tuple) -> list[str]:
+    """An edge's weight, then its gradient, then its updated weight, written along it."""
+    sizes, e = example.net.sizes, example.explanation
+    sx, sy, ex, ey = ends
+    # Along the edge, near the source for the first target and near the target for the last, so
+    # that the labels clear the crossings; under the line for a level edge in the lower half.
+    t = 0.35 if sizes[l] == 1 else 0.27 + 0.46 * j / (sizes[l] - 1)
+    px, py = sx + t * (ex - sx), sy + t * (ey - sy)
+    angle = math.degrees(math.atan2(ey - sy, ex - sx))
+    level = abs(ey - sy) < 1e-6
+    offset = 19 if level and j >= sizes[l] / 2 else -7
+    where = f"translate({px:.1f},{py:.1f}) rotate({angle:.1f})"
+    bp34, update = moments.gradients[l], moments.update[l]
+    parts = [_text(0, offset, f"w {_esc(number(example.params[l - 1].W[j, k]))}", "edge-label weight print-hide", 0,
+                   bp34, transform=where),
+             _text(0, offset, _esc(number(float(e.grads[l - 1].W[j, k]))), "edge-label grad", bp34, update,
+                   transform=where)]
+    if update is not None:
+        parts.append(_text(0, offset, f"w⁺ {_esc(number(e.updated[l - 1].W[j, k]))}",
+                           "edge-label updated print-hide", update, transform=where))
+    return parts
+
+
+def _neuron(example: Example, moments: _Moments, l: int, j: int) -> list[str]:
+    """Neuron ``j`` of layer ``l``: its circle and name, its bias above (then the updated bias), and
+    below its input, or its ``z``, ``a`` and ``δ``; an output's target to its right."""
+    e, r = example.explanation, _RADIUS
+    x, y = _at(example.net.sizes, l, j)
+    name = neuron_name(example, l, j)
+    parts = [f'<circle class="neuron n{l}" cx="{x:.1f}" cy="{y:.1f}" r="{r:.0f}"><title>{name}</title>'
+             f'</circle><text class="neuron-name" x="{x:.1f}" y="{y + 5:.1f}" '
+             f'text-anchor="middle">{name}</text>']
+    below = y + r + 17
+    if l == 0:
+        parts.append(_text(x, below, f"x {_esc(number(e.activations[0][j]))}", "value", 0))
+        return parts
+    layer, update, forward = example.params[l - 1], moments.update[l], moments.forward[l]
+    biased_until = update if example.update_biases else None
+    parts.append(_text(x, y - r - 8, f"b {_esc(number(layer.b[j]))}", "value bias", 0, biased_until))
+    if example.update_biases and update is not None:
+        parts.append(_text(x, y - r - 8, f"b⁺ {_esc(number(e.updated[l - 1].b[j]))}",
+                           "value bias print-hide", update))
+    parts.append(_text(x, below, f"z {_esc(number(e.zs[l - 1][j]))}", "value", forward))
+    parts.append(_text(x, below + 16, f"a {_esc(number(e.activations[l][j]))}", "value", forward))
+    parts.append(_text(x, below + 32, f"δ {_esc(number(e.deltas[l - 1][j]))}", "value delta", moments.delta[l]))
+    if l == example.net.depth:
+        parts.append(_text(x + r + 10, y + 5, f"y {_esc(number(example.y[j]))}", "value target", 0,
+                           anchor="start"))
+    return parts
+
+
 def drawing(example: Example) -> str:
     """The network as an inline SVG, or a note when a layer is wider than :data:`MAX_DRAWN`."""
     sizes, L = example.net.sizes, example.net.depth
     if max(sizes) > MAX_DRAWN:
         return (f'<p class="too-wide">The network {"-".join(map(str, sizes))} is too wide to draw (a layer of '
                 f"{max(sizes)} neurons; the drawing takes {MAX_DRAWN}): every number is in the steps' tables.</p>")
-    e = example.explanation
-    dx, dy, r, left, top = 300.0, 150.0, 28.0, 90.0, 80.0
-    widest = max(sizes)
-    width, height = left + L * dx + 210, top + widest * dy + 40
-    forward = [None] + [example.step_index("forward", l) for l in range(1, L + 1)]
-    delta_step = [None] + [example.step_index("BP2", l) for l in range(1, L)] + [example.step_index("BP1")]
-    bp34 = [None] + [example.step_index("BP3/BP4", l) for l in range(1, L + 1)]
-    update = [None] + [example.step_index("update", l) for l in range(1, L + 1)]
-    cost_step = example.step_index("cost")
-
-    def at(l: int, j: int) -> tuple[float, float]:
-        return left + l * dx, top + ((widest - sizes[l]) / 2 + j + 0.5) * dy
-
-    parts = []
-    for l, n in enumerate(sizes):
-        x, _ = at(l, 0)
-        name = "input" if l == 0 else (f"output · {example.net.activations[-1].name}" if l == L
-                                       else f"layer {l} · {example.net.activations[l - 1].name}")
-        parts.append(f'<text class="layer-name" x="{x:.1f}" y="32" text-anchor="middle">{_esc(name)}</text>')
-    grad_max = max(float(np.max(np.abs(g.W))) for g in e.grads) or 1.0
-    for l in range(1, L + 1):
-        W, G = example.params[l - 1].W, e.grads[l - 1].W
-        labelled = sizes[l - 1] * sizes[l] <= MAX_EDGE_LABELS
-        for j in range(sizes[l]):
-            for k in range(sizes[l - 1]):
-                (x0, y0), (x1, y1) = at(l - 1, k), at(l, j)
-                length = math.hypot(x1 - x0, y1 - y0)
-                ux, uy = (x1 - x0) / length, (y1 - y0) / length
-                sx, sy, ex, ey = x0 + r * ux, y0 + r * uy, x1 - r * ux, y1 - r * uy
-                ends = f'x1="{sx:.1f}" y1="{sy:.1f}" x2="{ex:.1f}" y2="{ey:.1f}"'
-                name = f"{neuron_name(example, l - 1, k)} → {neuron_name(example, l, j)}"
-                parts.append(f'<line class="edge e{l}" {ends}><title>{_esc(name)}</title></line>')
-                g = float(G[j, k])
-                classes, attrs = _timed(bp34[l])
-                sign = "positive" if g >= 0 else "negative"
-                parts.append(f'<line class="gradient-edge e{l} {sign}{classes}"{attrs} {ends} '
-                             f'stroke-width="{1 + 6 * abs(g) / grad_max:.2f}"><title>{_esc(name)}: ∂C/∂w = '
-                             f'{_esc(number(g))}</title></line>')
-                if not labelled:
-                    continue
-                # Along the edge, near the source for the first target and near the target for the last, so
-                # that the labels clear the crossings; under the line for a level edge in the lower half.
-                t = 0.35 if sizes[l] == 1 else 0.27 + 0.46 * j / (sizes[l] - 1)
-                px, py = sx + t * (ex - sx), sy + t * (ey - sy)
-                angle = math.degrees(math.atan2(ey - sy, ex - sx))
-                level = abs(ey - sy) < 1e-6
-                offset = 19 if level and j >= sizes[l] / 2 else -7
-                where = f"translate({px:.1f},{py:.1f}) rotate({angle:.1f})"
-                parts.append(_text(0, offset, f"w {_esc(number(W[j, k]))}", "edge-label weight print-hide", 0,
-                                   bp34[l], transform=where))
-                parts.append(_text(0, offset, _esc(number(g)), "edge-label grad", bp34[l], update[l],
-                                   transform=where))
-                if update[l] is not None:
-                    parts.append(_text(0, offset, f"w⁺ {_esc(number(e.updated[l - 1].W[j, k]))}",
-                                       "edge-label updated print-hide", update[l], transform=where))
-    for l, n in enumerate(sizes):
-        for j in range(n):
-            x, y = at(l, j)
-            name = neuron_name(example, l, j)
-            parts.append(f'<circle class="neuron n{l}" cx="{x:.1f}" cy="{y:.1f}" r="{r:.0f}"><title>{name}</title>'
-                         f'</circle><text class="neuron-name" x="{x:.1f}" y="{y + 5:.1f}" '
-                         f'text-anchor="middle">{name}</text>')
-            below = y + r + 17
-            if l == 0:
-                parts.append(_text(x, below, f"x {_esc(number(e.activations[0][j]))}", "value", 0))
-                continue
-            layer = example.params[l - 1]
-            biased_until = update[l] if example.update_biases else None
-            parts.append(_text(x, y - r - 8, f"b {_esc(number(layer.b[j]))}", "value bias", 0, biased_until))
-            if example.update_biases and update[l] is not None:
-                parts.append(_text(x, y - r - 8, f"b⁺ {_esc(number(e.updated[l - 1].b[j]))}",
-                                   "value bias print-hide", update[l]))
-            parts.append(_text(x, below, f"z {_esc(number(e.zs[l - 1][j]))}", "value", forward[l]))
-            parts.append(_text(x, below + 16, f"a {_esc(number(e.activations[l][j]))}", "value", forward[l]))
-            parts.append(_text(x, below + 32, f"δ {_esc(number(e.deltas[l - 1][j]))}", "value delta", delta_step[l]))
-            if l == L:
-                parts.append(_text(x + r + 10, y + 5, f"y {_esc(number(example.y[j]))}", "value target", 0,
-                                   anchor="start"))
-    parts.append(_text(width - 12, height - 14, f"C {_esc(number(e.cost))}", "value cost", cost_step, anchor="end"))
+    width, height = _LEFT + L * _DX + 210, _TOP + max(sizes) * _DY + 40
+    moments = _moments(example)
+    parts = _layer_names(example) + _edges(example, moments)
+    parts += [p for l, n in enumerate(sizes) for j in range(n) for p in _neuron(example, moments, l, j)]
+    parts.append(_text(width - 12, height - 14, f"C {_esc(number(example.explanation.cost))}", "value cost",
+                       moments.cost, anchor="end"))
     description = (f"The network {'-'.join(map(str, sizes))}: each neuron with its z, a and δ as the steps reach "
                    "them; each edge with its weight w, then its gradient ∂C/∂w (in red), then its updated value w⁺. "
                    "From BP4 on, an edge is blue where ∂C/∂w > 0 and orange where ∂C/∂w < 0, as wide as |∂C/∂w|.")
