@@ -31,6 +31,15 @@ def test_the_training_loop_runs_in_at_most_15_lines(capsys):
     assert "'accuracy'" in capsys.readouterr().out
 
 
+def test_the_layer_example_runs():
+    namespace = {}
+    exec(compile(python_block("Writing a layer"), "README layer example", "exec"), namespace)
+    net, grads = namespace["net"], namespace["grads"]
+    assert [type(layer).__name__ for layer in net.layers] == ["DenseLayer", "Scale", "DenseLayer"]
+    assert [g[0].shape for g in grads[1:2]] == [(8,)] and grads[2].W.shape == (3, 8)
+    assert namespace["diagonal"][1][0].shape == (8,)
+
+
 def test_the_passes_example_runs():
     namespace = {}
     exec(compile(python_block("Using the passes"), "README passes example", "exec"), namespace)

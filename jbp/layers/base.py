@@ -184,7 +184,8 @@ class Layer:
         return hash((type(self), self._fields()))
 
     def __repr__(self) -> str:
-        fields = [f"{name}={value!r}" for name, value in self._fields() if not (name == "activation" and value == identity)]
+        fields = [f"{name}={value.name if isinstance(value, Activation) else repr(value)}"
+                  for name, value in self._fields() if not (name == "activation" and value == identity)]
         return f"{type(self).__name__}({', '.join(fields)})"
 
 
