@@ -149,6 +149,9 @@ def network(*layers: Layer, input_shape: "int | Sequence[int]") -> Network:
         if not isinstance(layer, Layer):
             raise TypeError(f"layer {l} must be a jbp.Layer (jbp.dense(...) or a subclass of your own), "
                             f"got {type(layer).__name__}")
+        if not isinstance(getattr(layer, "activation", None), Activation):
+            raise TypeError(f"layer {l} ({type(layer).__name__}) has no activation: a subclass's __init__ must call "
+                            "super().__init__(activation)")
         try:
             hash(layer)
         except TypeError as err:

@@ -664,3 +664,12 @@ def test_checkpoint_round_trip_and_another_architecture_refused(tmp_path):
 def test_the_worked_example_refuses_a_network_with_other_layers():
     with pytest.raises(TypeError, match="written for dense networks"):
         jbp.explain(net, params, jnp.ones(5), jnp.array([1.0, 0.0, 0.0]), "softmax_cross_entropy")
+
+
+def test_a_layer_without_its_activation_is_refused_at_the_network():
+    class Forgetful(Scale):
+        def __init__(self, width):  # forgets super().__init__
+            self.width = width
+
+    with pytest.raises(TypeError, match=r"layer 2 \(Forgetful\) has no activation"):
+        jbp.network(jbp.dense(4), Forgetful(4), input_shape=(3,))
