@@ -28,6 +28,12 @@ def is_traced(*values: Any) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(values))
 
 
+def params_dtype(params: Any) -> Any:
+    """The parameters' dtype: that of their first leaf (the default float for none)."""
+    leaves = jax.tree.leaves(params)
+    return jnp.result_type(leaves[0]) if leaves else jnp.result_type(float)
+
+
 def dtype_of(value: Any, name: str) -> np.dtype:
     """The dtype ``value`` would have as an array; refuses what is not real numbers."""
     try:

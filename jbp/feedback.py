@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp.checks import check_finite, check_key
+from jbp.checks import check_finite, check_key, params_dtype
 
 Array = jax.Array
 
@@ -370,11 +370,6 @@ def by_name(name: str, net, key: Array, dtype=None) -> Feedback:
     return RULES[name].random(net, key, dtype)
 
 
-def _params_dtype(params) -> Any:
-    leaves = jax.tree.leaves(params)
-    return jnp.result_type(leaves[0]) if leaves else jnp.result_type(float)
-
-
 def check_feedback(net, params, rule: Any) -> "Feedback | None":
     """Refuses a rule that does not fit the network: the wrong count, shape or dtype of matrices,
     naming the layer; returns the rule (``None`` for backprop)."""
@@ -393,7 +388,7 @@ def check_feedback(net, params, rule: Any) -> "Feedback | None":
     if len(rule.matrices) != len(expected):
         raise ValueError(f"{rule.kind} needs {len(expected)} matrices ({what}) for the network {net.name}, "
                          f"got {len(rule.matrices)}")
-    dtype = _params_dtype(params)
+    dtype = params_dtype(params)
     for l, (B, shape) in enumerate(zip(rule.matrices, expected), 1):
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(B)):
             continue

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp.activations import Activation, get_activation, sigmoid
-from jbp.checks import check_finite, check_key, check_targets, dtype_of, finite_result
+from jbp.checks import check_finite, check_key, check_targets, dtype_of, finite_result, params_dtype
 from jbp.feedback import Feedback, carry, check_feedback
 from jbp.layers import Dense, DenseLayer, Layer, dense
 from jbp.losses import Loss, check_pair, get_loss, output_delta
@@ -481,12 +481,6 @@ def _backward(net, params, trace, y, loss, feedback=None):
 def _check_net(net: Any) -> None:
     if not isinstance(net, Network):
         raise TypeError(f"expected a network from jbp.network(...) or jbp.mlp(...), got {type(net).__name__}")
-
-
-def params_dtype(params: Any) -> Any:
-    """The parameters' dtype: that of their first leaf (the default float for none)."""
-    leaves = jax.tree.leaves(params)
-    return jnp.result_type(leaves[0]) if leaves else jnp.result_type(float)
 
 
 def _describe(template: Any) -> str:
